@@ -91,11 +91,22 @@ class ConsensusConfig:
     workers: int = 2
 
     def validate(self) -> None:
+        from harmony_mcore.consensus.strategies import STRATEGIES
+
+        names = ", ".join(STRATEGIES)
+        _check(self.strategy in STRATEGIES, f"consensus.strategy={self.strategy!r}: use one of {names}")
+        _check(self.warmup_strategy is None or self.warmup_strategy in STRATEGIES,
+               f"consensus.warmup_strategy={self.warmup_strategy!r}: use one of {names}, or null for no warmup")
         _check(self.match in ("math", "normalized", "exact"),
                f"consensus.match={self.match!r}: use math, normalized or exact")
         _check(not (self.power_k is not None and self.power_lambda is not None),
                "set only one of consensus.power_k and consensus.power_lambda")
+        uses_power = "power-mean" in (self.strategy, self.warmup_strategy)
+        _check(not uses_power or self.power_k is not None or self.power_lambda is not None,
+               "consensus.strategy=power-mean needs consensus.power_k or consensus.power_lambda "
+               "(k = 1 - lambda; lambda=2 is the harmonic mean)")
         _check(0.0 <= self.pi <= 1.0, "consensus.pi must be in [0, 1]")
+        _check(self.warmup_steps >= 0, "consensus.warmup_steps must be >= 0")
         _check(self.timeout_s > 0, "consensus.timeout_s must be > 0")
 
 
