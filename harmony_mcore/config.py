@@ -116,6 +116,7 @@ class AlgorithmConfig:
     reward: str = "pseudo-label"  # pseudo-label | intuitor | rent | gt
     reframe_reward: bool = True  # augmented GRPO reward on the reframe view
     soft_reframe_reward: bool = False
+    soft_top_k: int = 8  # candidates that get a soft reward: 1 - rank/(k-1) (reference: 8)
     format_penalty: float = 0.1
     sharpness_coef: float = 0.1
     normalize_adv_std: bool = True
@@ -135,6 +136,8 @@ class AlgorithmConfig:
         self.consensus.validate()
         _check(self.reward in ("pseudo-label", "intuitor", "rent", "gt"),
                f"algorithm.reward={self.reward!r}: use pseudo-label, intuitor, rent or gt")
+        _check(self.soft_top_k >= 1, "algorithm.soft_top_k must be >= 1")
+        _check(self.format_penalty >= 0, "algorithm.format_penalty must be >= 0 (0 turns it off)")
         _check(self.lr > 0, "algorithm.lr must be > 0")
         _check(0 <= self.clip_low < 1 and self.clip_high >= 0, "algorithm.clip_low must be in [0, 1), clip_high >= 0")
         _check(self.dual_clip is None or self.dual_clip > 1, "algorithm.dual_clip must be > 1 or null")
