@@ -1,5 +1,3 @@
-import random
-
 import pytest
 from consensus_support import ExactClasses, synthetic_records
 
@@ -26,17 +24,24 @@ def test_rewards_are_keyed_by_each_rows_own_problem():
     assert res.problems[0].vote.counts[0] == (2, 2)
 
 
-def test_batch_equals_problem_by_problem_and_ignores_row_order():
+def test_batch_equals_problem_by_problem_and_ignores_interleaving():
     records = synthetic_records(n_problems=10, n=5, views=3, seed=1)
     whole = _batch(records)
     for pid in {r.problem_id for r in records}:
         idx = [i for i, r in enumerate(records) if r.problem_id == pid]
         alone = _batch([records[i] for i in idx], num_views=3)
         assert [whole.rewards[i] for i in idx] == alone.rewards
-    perm = list(range(len(records)))
-    random.Random(3).shuffle(perm)
-    shuffled = _batch([records[i] for i in perm])
-    assert [shuffled.rewards[perm.index(i)] for i in range(len(records))] == whole.rewards
+    # Any interleaving of problems and views that keeps each (problem, view)'s own row order
+    # (e.g. another split over ranks) gives the same rewards: rows sorted by (problem, view).
+    perm = sorted(range(len(records)), key=lambda i: (records[i].problem_id, records[i].view))
+    regrouped = _batch([records[i] for i in perm])
+    assert [regrouped.rewards[perm.index(i)] for i in range(len(records))] == whole.rewards
+
+
+def test_ties_go_to_the_earliest_sampled_answer():
+    rows = [Record("a", 0, "9"), Record("a", 0, "1"), Record("a", 1, "1"), Record("a", 1, "9")]
+    assert _batch(rows).problems[0].label_answers == ("9", "9")
+    assert _batch(rows[1::-1] + rows[2:]).problems[0].label_answers == ("1", "1")
 
 
 def test_metrics_by_hand():

@@ -3,8 +3,10 @@
 `compute_batch` is the single-process computation (also used by `harmony vote`): it groups rows by
 their OWN problem id (the reference paired rows of the two views by position after reordering them
 independently, so most reframe rewards were checked against another problem's label), votes per
-problem, and returns a reward per row in input order plus metrics. Class ids are renumbered by
-their smallest answer string, so results do not depend on the order of rows. `Reducer` runs it on one rank:
+problem, and returns a reward per row in input order plus metrics. Class ids number a problem's
+answers by first appearance, solver view first, then each view in row order: the consensus
+tie-break (smallest id) thus picks the earliest sampled answer, which is deterministic for a given
+batch and, unlike an order of the strings themselves, favours no kind of answer. `Reducer` runs it on one rank:
 gather every rank's records there, compute, scatter each rank's rewards back in its local order.
 """
 
@@ -71,17 +73,6 @@ def _representative(answers: list[str | None], classes: list[int | None], label:
     return next(i for i in members if counts[answers[i].strip()] == best)
 
 
-def _canonical(classes: list[int | None], answers: list[str | None]) -> list[int | None]:
-    """Renumber classes by their smallest answer string, so that the consensus tie-break
-    (smallest class id) does not depend on row order, i.e. on how the batch was spread over ranks."""
-    key: dict[int, str] = {}
-    for c, a in zip(classes, answers):
-        if c is not None:
-            key[c] = min(key.get(c, a.strip()), a.strip())
-    order = {c: n for n, c in enumerate(sorted(key, key=lambda c: (key[c], c)))}
-    return [None if c is None else order[c] for c in classes]
-
-
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
@@ -118,8 +109,7 @@ def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[
         gts.append(str(given.pop()) if given else None)
 
     t0 = time.perf_counter()
-    classes = [_canonical(c, [answers[i] for i in rs])
-               for c, rs in zip(equivalence.classes_batch([[answers[i] for i in rs] for rs in rows]), rows)]
+    classes = equivalence.classes_batch([[answers[i] for i in rs] for rs in rows])
     with_gt = [j for j, g in enumerate(gts) if g is not None]
     gt_classes = equivalence.classes_batch([[gts[j]] + [answers[i] for i in rows[j]] for j in with_gt])
     correct_of: dict[int, list[bool]] = {j: [g[0] is not None and c == g[0] for c in g[1:]]
