@@ -131,7 +131,7 @@ def _prints(values: list) -> list | None:
 
 
 def serve(conn, mem_mb: int | None = None) -> None:
-    """Loop: receive a job, run its ops from `start`, reply (op, code) after each.
+    """Loop: receive a job, run its ops from `start`, reply lists of (op, code).
 
     A job is (forms, prints, n_parse, pairs, start, bad). Ops are numbered: one parse per
     form in forms[:n_parse] (the others come with a numeric fingerprint from the parent in
@@ -176,6 +176,18 @@ def serve(conn, mem_mb: int | None = None) -> None:
     def far(fa: list | None, fb: list | None) -> bool:
         return bool(fa and fb) and all(distinct(x, y) for x in fa for y in fb)
 
+    def compare(fa: str, fb: str, pa, pb) -> int:
+        fi = [pa] if pa else parsed(fa)[3]
+        fj = [pb] if pb else parsed(fb)[3]
+        if far(fi, fj) and not (strings(fa) & strings(fb)):
+            return FAR
+        a, b = parsed(fa)[1], parsed(fb)[1]
+        if not (a and b):
+            return SKIPPED
+        # verify() is asymmetric (gold first); either direction counts.
+        same = verify(a, b, timeout_seconds=None) or verify(b, a, timeout_seconds=None)
+        return EQUAL if same else NOT_EQUAL
+
     # Trigger sympy's lazy imports and first-use setup now, not inside a timed operation.
     for a, b in (("\\frac{\\sqrt{2}}{2}", "x^2+1"), ("(1,2]", "\\{1,2\\}"), ("0.5", "\\pi")):
         _, pa, _, _ = parsed(a)
@@ -190,28 +202,40 @@ def serve(conn, mem_mb: int | None = None) -> None:
         if job is None:
             return
         forms, prints, n_parse, pairs, start, bad = job
+        done: list[tuple[int, int]] = []  # results not sent yet
+
+        def known(k: int):
+            """Form k's prints without parsing it (False if that would need a parse)."""
+            if prints[k]:
+                return [prints[k]]
+            entry = cache.get(forms[k])
+            return entry[3] if entry else False
+
         for op in range(start, n_parse + len(pairs)):
+            # Instant ops (cached parses, pairs decided by fingerprints) are batched; before
+            # an op that may be slow, everything done so far is sent, so the parent's clock
+            # for the timeout always runs on the op in progress.
             try:
                 if op < n_parse:
+                    if forms[op] not in cache:
+                        conn.send(done)
+                        done = []
                     code = parsed(forms[op])[0]
                 else:
                     code = SKIPPED
                     i, j = pairs[op - n_parse]
                     if i not in bad and j not in bad:
-                        fi = [prints[i]] if prints[i] else parsed(forms[i])[3]
-                        fj = [prints[j]] if prints[j] else parsed(forms[j])[3]
-                        if far(fi, fj) and not (strings(forms[i]) & strings(forms[j])):
-                            code = FAR
-                        else:
-                            (_, a, _, _), (_, b, _, _) = parsed(forms[i]), parsed(forms[j])
-                            if a and b:
-                                # verify() is asymmetric (gold first); either direction counts.
-                                same = verify(a, b, timeout_seconds=None) or verify(
-                                    b, a, timeout_seconds=None)
-                                code = EQUAL if same else NOT_EQUAL
+                        fi, fj = known(i), known(j)
+                        instant = fi is not False and fj is not False and far(fi, fj) and not (
+                            strings(forms[i]) & strings(forms[j]))
+                        if not instant:
+                            conn.send(done)
+                            done = []
+                        code = FAR if instant else compare(forms[i], forms[j], prints[i], prints[j])
             except (Exception, RecursionError, MemoryError):
                 code = ERROR
-            conn.send((op, code))
+            done.append((op, code))
+        conn.send(done)
 
 
 def main(argv: list[str]) -> None:

@@ -294,13 +294,16 @@ class _Pool:
         return job
 
     def _on_message(self, slot: _Slot, msg) -> None:
+        slot.since = time.monotonic()
         if msg == "ready":
-            slot.ready, slot.since = True, time.monotonic()
+            slot.ready = True
             return
-        op, code = msg
+        for op, code in msg:
+            self._on_result(slot, op, code)
+
+    def _on_result(self, slot: _Slot, op: int, code: int) -> None:
         job = slot.job
         job.codes.append(code)
-        slot.since = time.monotonic()
         if op < job.n_parse:
             self.stats.parses += 1
             if code != W.PARSED:
