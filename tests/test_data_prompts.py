@@ -96,3 +96,16 @@ def test_parse_reframing():
     assert parse_reframing("STRATEGY: dance\nSOLUTION: 3").strategy is None
     missing = parse_reframing("REWRITTEN PROBLEM:\nSOLUTION: 4")
     assert missing.strategy is None and missing.rewritten is None and missing.solution == "4"
+
+
+def test_data_cli_list_and_show(capsys):
+    from harmony_mcore.cli import main
+
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "math500 " in out and " 1319 " in out and "mmlu-pro" in out
+    assert main(["data", "show", "amc", "--n", "1", "--view", "reframe"]) == 0
+    out = capsys.readouterr().out
+    assert "answer: 142" in out and "Reframer" in out
+    assert main(["data", "show", "gpqa-diamond"]) == 2
+    assert "SOURCES.md" in capsys.readouterr().err

@@ -168,7 +168,8 @@ def _choice_rows(rows: list[dict], source: str, max_options: int) -> list[Proble
         meta = {k: r[k] for k in ("category", "src") if k in r}
         problems.append(Problem(id=str(pid), question=str(r["question"]).strip(),
                                 answer=choice_letter(raw, len(options)), source=source,
-                                choices=tuple(str(o).strip() for o in options), metadata=meta))
+                                choices=tuple(str(o).strip() for o in options), reframed=r.get("reframed"),
+                                metadata=meta))
     return problems
 
 
