@@ -276,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "vllm"])
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--match-timeout", type=float, default=2.0, help="seconds per math-verify comparison")
+    p.add_argument("--match-workers", type=int, default=2, help="math-verify worker processes")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
@@ -284,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, greedy=args.greedy,
                             max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, seed=args.seed,
-                            limit=args.limit, match_timeout_s=args.match_timeout)
+                            limit=args.limit, match_timeout_s=args.match_timeout,
+                            match_workers=args.match_workers)
     try:
         if settings.n < 1 or settings.max_tokens < 1 or (args.limit is not None and args.limit < 1):
             raise DataError("--n, --max-tokens and --limit must be >= 1")
