@@ -61,3 +61,19 @@ def test_rollout_tp_groups_and_config_checks():
         RolloutConfig(sleep_level=3).validate()
     with pytest.raises(ConfigError, match="logprob_check_tolerance"):
         RolloutConfig(logprob_check_tolerance=0).validate()
+
+
+def test_engine_kind_and_factory():
+    from harmony_mcore.rollout import create_engine, engine_kind
+    from harmony_mcore.rollout.torch_engine import TorchEngine
+    from harmony_mcore.testing import char_tokenizer, tiny_hf_config
+
+    assert engine_kind(RolloutConfig(), cuda=True) == "vllm"
+    assert engine_kind(RolloutConfig(), cuda=False) == "torch"
+    assert engine_kind(RolloutConfig(engine="torch"), cuda=True) == "torch"
+    with pytest.raises(ConfigError, match="rollout.engine=torch"):
+        engine_kind(RolloutConfig(engine="vllm"), cuda=False)
+    tok = char_tokenizer()
+    engine = create_engine(RolloutConfig(engine="torch"), hf_config=tiny_hf_config("llama", vocab_size=len(tok)),
+                           tokenizer=tok, dtype="fp32")
+    assert isinstance(engine, TorchEngine) and next(engine.model.parameters()).dtype.is_floating_point
