@@ -26,12 +26,21 @@ from harmony_mcore.rollout.base import (
 )
 
 
-def _build_model(hf_config: dict[str, Any], dtype: torch.dtype):
+def _build_model(hf_config: dict[str, Any], dtype: torch.dtype, device: str | torch.device | None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "torch_dtype", "dtype")}
     config = AutoConfig.for_model(hf_config["model_type"], **kwargs)
-    return AutoModelForCausalLM.from_config(config).to(dtype)
+    # Build directly on the target device in the target dtype (an 8B model never lives in fp32 on host);
+    # the default-dtype switch works on every transformers version, unlike its dtype/torch_dtype argument.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")):
+            model = AutoModelForCausalLM.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.to(dtype)
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -70,7 +79,7 @@ class TorchEngine:
     def from_hf_config(cls, hf_config: dict[str, Any], tokenizer, state_dict: dict[str, torch.Tensor] | None = None,
                        *, dtype: torch.dtype = torch.float32, **kwargs) -> "TorchEngine":
         """Build from config.json content; weights random unless `state_dict` (HF names) is given."""
-        engine = cls(_build_model(hf_config, dtype), tokenizer, **kwargs)
+        engine = cls(_build_model(hf_config, dtype, kwargs.get("device")), tokenizer, **kwargs)
         if state_dict is not None:
             engine.load_weights(state_dict.items())
         return engine
