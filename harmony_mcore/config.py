@@ -91,11 +91,22 @@ class ConsensusConfig:
     workers: int = 2
 
     def validate(self) -> None:
+        from harmony_mcore.consensus.strategies import STRATEGIES
+
+        names = ", ".join(STRATEGIES)
+        _check(self.strategy in STRATEGIES, f"consensus.strategy={self.strategy!r}: use one of {names}")
+        _check(self.warmup_strategy is None or self.warmup_strategy in STRATEGIES,
+               f"consensus.warmup_strategy={self.warmup_strategy!r}: use one of {names}, or null for no warmup")
         _check(self.match in ("math", "normalized", "exact"),
                f"consensus.match={self.match!r}: use math, normalized or exact")
         _check(not (self.power_k is not None and self.power_lambda is not None),
                "set only one of consensus.power_k and consensus.power_lambda")
+        uses_power = "power-mean" in (self.strategy, self.warmup_strategy)
+        _check(not uses_power or self.power_k is not None or self.power_lambda is not None,
+               "consensus.strategy=power-mean needs consensus.power_k or consensus.power_lambda "
+               "(k = 1 - lambda; lambda=2 is the harmonic mean)")
         _check(0.0 <= self.pi <= 1.0, "consensus.pi must be in [0, 1]")
+        _check(self.warmup_steps >= 0, "consensus.warmup_steps must be >= 0")
         _check(self.timeout_s > 0, "consensus.timeout_s must be > 0")
 
 
@@ -105,6 +116,7 @@ class AlgorithmConfig:
     reward: str = "pseudo-label"  # pseudo-label | intuitor | rent | gt
     reframe_reward: bool = True  # augmented GRPO reward on the reframe view
     soft_reframe_reward: bool = False
+    soft_top_k: int = 8  # candidates that get a soft reward: 1 - rank/(k-1) (reference: 8)
     format_penalty: float = 0.1
     sharpness_coef: float = 0.1
     normalize_adv_std: bool = True
@@ -124,6 +136,8 @@ class AlgorithmConfig:
         self.consensus.validate()
         _check(self.reward in ("pseudo-label", "intuitor", "rent", "gt"),
                f"algorithm.reward={self.reward!r}: use pseudo-label, intuitor, rent or gt")
+        _check(self.soft_top_k >= 1, "algorithm.soft_top_k must be >= 1")
+        _check(self.format_penalty >= 0, "algorithm.format_penalty must be >= 0 (0 turns it off)")
         _check(self.lr > 0, "algorithm.lr must be > 0")
         _check(0 <= self.clip_low < 1 and self.clip_high >= 0, "algorithm.clip_low must be in [0, 1), clip_high >= 0")
         _check(self.dual_clip is None or self.dual_clip > 1, "algorithm.dual_clip must be > 1 or null")
