@@ -265,11 +265,8 @@ class Policy:
 
     def _grads_nonfinite(self) -> bool:
         """Whether any rank's grad buffer holds inf/nan (GPU path, before Megatron's optimizer)."""
-        bad = torch.zeros((), device=device())
-        for c in self.model:
-            for p in c.parameters():
-                if p.requires_grad and not torch.isfinite(p.main_grad).all():
-                    bad.fill_(1.0)
+        finite = [torch.isfinite(p.main_grad).all() for c in self.model for p in c.parameters() if p.requires_grad]
+        bad = (~torch.stack(finite).all()).float()
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         return bool(bad.item())
 
@@ -319,8 +316,8 @@ class Policy:
             skipped = self._grads_nonfinite()
             grad_norm = float("nan")
             if not skipped:
-                ok, grad_norm, _ = self.optimizer.step()
-                skipped = not ok
+                ok, norm, _ = self.optimizer.step()
+                skipped, grad_norm = not ok, (norm if norm is not None else float("nan"))
         else:
             grad_norm = self._grad_norm()
             skipped = not math.isfinite(grad_norm)
