@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harmony_mcore.config import ConfigError, RunConfig, load_config
+from harmony_mcore.models import families
 
 GiB = 2**30
 
@@ -46,22 +47,22 @@ class ModelShape:
 
     @classmethod
     def from_hf(cls, hf: Any) -> ModelShape:
-        cfg = hf if isinstance(hf, dict) else hf.to_dict()
-        arch = (cfg.get("architectures") or ["?"])[0]
+        """From a config.json dict or transformers config; the family registry supplies the flags."""
+        cfg = families.hf_dict(hf)
+        family = families.get_family(cfg)
         heads = cfg["num_attention_heads"]
         return cls(
-            arch=arch,
+            arch=families.architecture(cfg),
             layers=cfg["num_hidden_layers"],
             hidden=cfg["hidden_size"],
             heads=heads,
             kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            head_dim=families.head_dim(cfg),
             ffn=cfg["intermediate_size"],
             vocab=cfg["vocab_size"],
             tied=bool(cfg.get("tie_word_embeddings", False)),
-            # Qwen2 has biases on q/k/v only; Qwen3 and Llama have none and Qwen3 adds q/k RMSNorm.
-            qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
-            qk_norm=arch.startswith("Qwen3"),
+            qkv_bias=family.qkv_bias,
+            qk_norm=family.qk_layernorm,
         )
 
 
@@ -144,11 +145,6 @@ def layout_from_config(cfg: RunConfig, gpus: int | None) -> Layout:
 # Parameters: exact counts of Megatron's GPTModel (local or TE spec; same counts).
 
 
-def padded_vocab(vocab: int, tp: int, multiple: int = 128) -> int:
-    step = multiple * tp
-    return math.ceil(vocab / step) * step
-
-
 def layer_params(m: ModelShape, tp: int) -> int:
     """Parameters of one transformer layer on one TP rank."""
     qkv_out = (m.heads + 2 * m.kv_heads) * m.head_dim
@@ -171,7 +167,7 @@ def params_per_rank(m: ModelShape, tp: int, pp: int, vocab_multiple: int = 128) 
     embeddings and PP > 1 the last stage still holds a copy of the embedding (Megatron keeps it in
     sync by an all-reduce), with PP = 1 the output layer reuses the embedding.
     """
-    vocab_shard = padded_vocab(m.vocab, tp, vocab_multiple) // tp * m.hidden
+    vocab_shard = families.padded_vocab_size(m.vocab, tp, vocab_multiple) // tp * m.hidden
     per_stage = []
     for stage in range(pp):
         n = stage_layers(m, pp) * layer_params(m, tp)
@@ -227,7 +223,7 @@ def inflight_microbatches(stage: int, pp: int, vpp: int | None, microbatches: in
 
 
 def logits_bytes(m: ModelShape, s: int, b: int, tp: int, a: Assumptions) -> int:
-    return s * b * padded_vocab(m.vocab, tp, a.vocab_multiple) // tp * a.logit_bytes
+    return s * b * families.padded_vocab_size(m.vocab, tp, a.vocab_multiple) // tp * a.logit_bytes
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,10 +245,10 @@ def matmul_params(m: ModelShape) -> int:
     return m.layers * per_layer + m.hidden * m.vocab  # + the output layer; the embedding is a lookup
 
 
-def forward_flops(m: ModelShape, s: int) -> float:
+def forward_flops(m: ModelShape, s: int) -> int:
     """One causal forward pass over a sequence of s tokens: 2 * matmul params per token plus
     QK^T and AV, 4 * a * d per layer per (query, key) pair, s(s+1)/2 pairs."""
-    return 2 * matmul_params(m) * s + 4 * m.layers * m.heads * m.head_dim * s * (s + 1) / 2
+    return 2 * matmul_params(m) * s + 4 * m.layers * m.heads * m.head_dim * (s * (s + 1) // 2)
 
 
 # --------------------------------------------------------------------------------------------
