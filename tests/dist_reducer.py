@@ -70,6 +70,20 @@ def main():
         print(f"reducer {len(big)} records on {world} ranks: gather {metrics['time/gather_s'] * 1e3:.1f} ms, "
               f"reduce total {metrics['time/reduce_s'] * 1e3:.1f} ms, wall {(time.perf_counter() - t0) * 1e3:.1f} ms")
 
+    # real math equivalence on rank 0, with answers that hang or blow up math-verify: the step
+    # finishes, bounded by the per-call timeout, and the incidents are counted
+    from harmony_mcore.answers import Equivalence
+
+    eq = Equivalence("math", timeout_s=1.0, workers=1) if rank == 0 else None
+    hostile = [Record("h", rank % 2, a) for a in ("12", "(10^{10})!", "9" * 100_000, "\\frac{24}{2}")]
+    rewards, metrics = Reducer(AlgorithmConfig(), equivalence=eq)(hostile, step=0)
+    # label 12 (= 24/2) in both views; half of each view matches it, so the sharpness penalty is 0
+    assert rewards == [1.0, 0.0, 0.0, 1.0], rewards
+    assert metrics["equivalence/timeouts"] + metrics["equivalence/failures"] >= 1, metrics
+    assert metrics["equivalence/rejected_too_long"] >= 1, metrics
+    if eq is not None:
+        eq.close()
+
     # a bad record on the last rank fails every rank with the reason, instead of hanging them
     bad = [Record("x", 0, "1")] if rank != world - 1 else [Record("x", -3, "1")]
     try:

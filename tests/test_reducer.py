@@ -98,3 +98,13 @@ def test_reducer_switches_strategy_after_warmup():
     rows = [Record("a", 0, "1"), Record("a", 0, "1"), Record("a", 0, "2"), Record("a", 1, "2")]
     assert red.compute(rows, step=0).problems[0].label_answers == ("1", "1")
     assert red.compute(rows, step=1).problems[0].label_answers == ("2", "2")
+
+
+def test_record_from_response():
+    text = "STRATEGY: Reverse\nREWRITTEN PROBLEM: Undo it.\nSOLUTION: so \\boxed{(B)}"
+    r = Record.from_response(4, 1, text, "B", choices=4)
+    assert (r.problem_id, r.view, r.answer, r.ground_truth, r.format_score) == (4, 1, "B", "B", 1.0)
+    assert Record.from_response(4, 1, text).answer == "(B)"
+    assert Record.from_response(4, 0, text).format_score is None
+    assert Record.from_response(4, 1, "\\boxed{2}", markers=False).format_score is None
+    assert Record.from_response(4, 1, "\\boxed{2").answer is None

@@ -33,6 +33,24 @@ class Record:
     format_score: float | None = None  # reframe views: rewards.format_score(response), computed locally
     value: float | None = None  # intuitor/rent: response_mean(token_fn(logits)), computed locally
 
+    @classmethod
+    def from_response(cls, problem_id: str | int, view: int, response: str, ground_truth: str | None = None,
+                      *, choices: int | None = None, markers: bool = True, value: float | None = None) -> Record:
+        """A record from a response text, built on the rank that generated it.
+
+        `choices`: number of options of a multiple-choice benchmark (the boxed letter is the
+        answer). `markers`: the reframe views were asked for STRATEGY/REWRITTEN PROBLEM/SOLUTION
+        (dynamic reframe-and-solve; False for static reframes), so they get a format score.
+        """
+        from harmony_mcore.answers import extract_boxed, extract_choice
+        from harmony_mcore.rewards import format_score
+
+        answer = extract_boxed(response)
+        if choices is not None:
+            answer = extract_choice(answer, choices)
+        return cls(problem_id, view, answer, ground_truth,
+                   format_score(response) if view > 0 and markers else None, value)
+
 
 @dataclass
 class ProblemResult:
