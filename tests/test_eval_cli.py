@@ -53,7 +53,7 @@ def test_harmony_eval_end_to_end(tiny_model_dir, tmp_path, capsys):
 
 def test_harmony_eval_rejects_bad_input(tiny_model_dir, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "harmony convert" in capsys.readouterr().err
+    assert "neither a Hugging Face model folder" in capsys.readouterr().err
     assert main(["eval", "--model", str(tiny_model_dir), "--benchmarks", "gpqa-diamond",
                  "--out", str(tmp_path / "o")]) == 2
     assert "SOURCES.md" in capsys.readouterr().err
