@@ -53,6 +53,26 @@ class EvalSettings:
         return ks + [self.samples]
 
 
+def settings_from_config(eval_cfg: Any, rollout_cfg: Any, consensus_cfg: Any | None = None) -> EvalSettings:
+    """EvalSettings from the run config's `eval` and `rollout` sections (and `consensus` for the
+    math-verify timeout and workers)."""
+    return EvalSettings(n=eval_cfg.n, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p, greedy=eval_cfg.greedy,
+                        max_tokens=rollout_cfg.max_response_tokens, max_prompt_tokens=rollout_cfg.max_prompt_tokens,
+                        limit=eval_cfg.limit,
+                        match_timeout_s=getattr(consensus_cfg, "timeout_s", 2.0),
+                        match_workers=getattr(consensus_cfg, "workers", 2))
+
+
+def eval_suites(eval_cfg: Any, data_cfg: Any) -> dict[str, list[Problem]]:
+    """The problems of `eval.benchmarks` (default: the training benchmark, from data.path if set).
+    Other user-supplied benchmarks take their file from `eval.paths[name]` when the config has it."""
+    names = list(eval_cfg.benchmarks) or [data_cfg.benchmark]
+    paths = dict(getattr(eval_cfg, "paths", None) or {})
+    if data_cfg.path:
+        paths.setdefault(data_cfg.benchmark, data_cfg.path)
+    return {name: load_benchmark(name, paths.get(name), eval_cfg.limit) for name in names}
+
+
 # ---- scoring (no model involved) ----
 
 @dataclass

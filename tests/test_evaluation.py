@@ -149,3 +149,22 @@ def test_reframe_generation_records_strategies(tmp_path):
     write_rows(rows, tmp_path / "r.jsonl")
     again = load_benchmark("file", tmp_path / "r.jsonl")
     assert [p.reframed for p in again] == [r["reframed"] for r in rows] and again[0].answer == "142"
+
+
+def test_settings_and_suites_from_run_config(tmp_path):
+    from harmony_mcore.config import RunConfig
+    from harmony_mcore.evaluation import eval_suites, settings_from_config
+
+    cfg = RunConfig()
+    cfg.eval.n, cfg.eval.limit, cfg.rollout.max_response_tokens = 4, 3, 99
+    s = settings_from_config(cfg.eval, cfg.rollout, cfg.algorithm.consensus)
+    assert (s.n, s.temperature, s.top_p, s.max_tokens, s.limit) == (4, 0.8, 0.95, 99, 3)
+    assert s.ks() == [1, 2, 4]
+    suites = eval_suites(cfg.eval, cfg.data)
+    assert list(suites) == ["math500"] and len(suites["math500"]) == 3
+    own = tmp_path / "mine.jsonl"
+    own.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    cfg.data.benchmark, cfg.data.path = "file", str(own)
+    cfg.eval.benchmarks = ["file", "aime24"]
+    suites = eval_suites(cfg.eval, cfg.data)
+    assert [len(v) for v in suites.values()] == [1, 3] and suites["file"][0].answer == "2"
