@@ -83,6 +83,9 @@ class ConsensusConfig:
     warmup_strategy: str | None = "harmonic-mean"
     warmup_steps: int = 20
     match: str = "math"  # math | normalized | exact
+    # Equivalence deciding which answers match a label when rewarding (None = `match`). The
+    # `reference` preset votes on exact strings and rewards with `math`, as the reference code does.
+    reward_match: str | None = None
     power_k: float | None = None  # power-mean exponent k
     power_lambda: float | None = None  # or lambda, with k = 1 - lambda
     pi: float = 0.5  # weighted-invariant
@@ -99,6 +102,8 @@ class ConsensusConfig:
                f"consensus.warmup_strategy={self.warmup_strategy!r}: use one of {names}, or null for no warmup")
         _check(self.match in ("math", "normalized", "exact"),
                f"consensus.match={self.match!r}: use math, normalized or exact")
+        _check(self.reward_match in (None, "math", "normalized", "exact"),
+               f"consensus.reward_match={self.reward_match!r}: use math, normalized, exact or null (= match)")
         _check(not (self.power_k is not None and self.power_lambda is not None),
                "set only one of consensus.power_k and consensus.power_lambda")
         uses_power = "power-mean" in (self.strategy, self.warmup_strategy)

@@ -108,3 +108,18 @@ def test_record_from_response():
     assert Record.from_response(4, 0, text).format_score is None
     assert Record.from_response(4, 1, "\\boxed{2}", markers=False).format_score is None
     assert Record.from_response(4, 1, "\\boxed{2").answer is None
+
+
+def test_reference_path_votes_exact_and_rewards_with_a_looser_equivalence():
+    from harmony_mcore.answers import Equivalence
+
+    rows = [Record("a", 0, "\\frac12"), Record("a", 0, "\\frac12"), Record("a", 0, "0.5"),
+            Record("a", 1, "\\frac12"), Record("a", 1, "\\dfrac{1}{2}")]
+    exact, loose = Equivalence("exact"), Equivalence("normalized")
+    same = compute_batch(rows, equivalence=exact, strategy=HM)
+    assert same.problems[0].vote.counts[0] == (2, 1) and same.rewards == [1, 1, 0, 1, 0]
+    ref = compute_batch(rows, equivalence=exact, strategy=HM, reward_equivalence=loose)
+    assert ref.problems[0].vote == same.problems[0].vote and ref.rewards == [1, 1, 0, 1, 1]
+    algo = AlgorithmConfig(sharpness_coef=0.0, consensus=ConsensusConfig(match="exact", reward_match="normalized"))
+    assert Reducer(algo).compute(rows, step=0).rewards == [1, 1, 0, 1, 1]
+    assert Reducer(AlgorithmConfig(consensus=ConsensusConfig(match="exact"))).reward_equivalence is None
