@@ -1,7 +1,7 @@
 """Math-verify worker process: parses forms and verifies pairs, one reply per operation.
 
-Started as `python -m harmony_mcore.answers._mv_worker FD` (a fresh interpreter, so it never
-re-imports the caller's __main__ or inherits torch threads); FD is its end of a socket pair.
+Started by `main` in a fresh interpreter (so it never re-imports the caller's __main__ or
+inherits torch threads); FD is its end of a socket pair.
 Kept free of torch and of the rest of the package. The parent enforces the wall-clock
 timeout by killing this process; math-verify's own SIGALRM timeouts are switched off
 because they cannot stop long C-level computations (huge integer powers) and would fail
@@ -14,10 +14,45 @@ import logging
 from collections import OrderedDict
 
 # Codes sent back per operation.
-NOT_EQUAL, EQUAL, ERROR, SKIPPED = 0, 1, -1, 2  # verify ops
-UNPARSED, PARSED = 0, 1  # parse ops (ERROR also possible)
+NOT_EQUAL, EQUAL, ERROR, SKIPPED, FAR = 0, 1, -1, 2, 4  # verify ops (FAR: numbers far apart)
+UNPARSED, PARSED, HUGE = 0, 1, 3  # parse ops (ERROR also possible)
 
 _PARSE_CACHE_SIZE = 4096
+_MAX_BITS = 10**6  # a literal power with a bigger result (in bits) is never evaluated
+_MAX_FACTORIAL = 5000
+
+
+def _huge(expr) -> bool:
+    """Whether evaluating `expr` could build an astronomically large (or small) number.
+
+    math-verify parses `10^{10^{10}}` or `(10^{10})!` unevaluated, then hangs in verify when
+    sympy evaluates it; refusing such forms up front saves a timeout per pair. Exponents
+    are themselves checked first, so `3^{2^{3}}` passes and a tower of twos does not.
+    """
+    import mpmath
+    from sympy import Pow, factorial, log, preorder_traversal
+
+    for node in preorder_traversal(expr):
+        if isinstance(node, Pow):
+            base, exp = node.args
+            if not (base.is_number and exp.is_number) or base.is_zero:
+                continue
+            if _huge(base) or _huge(exp):
+                return True
+            try:  # fast path: mpmath floats never overflow
+                b = mpmath.mpf(abs(base.evalf(15))._to_mpmath(53))
+                bits = mpmath.mpf(abs(exp.evalf(15))._to_mpmath(53)) * abs(mpmath.log(b, 2))
+            except (AttributeError, TypeError, ValueError):
+                bits = (abs(exp) * abs(log(abs(base), 2))).evalf(5)
+                if not bits.is_number:
+                    continue
+            if bits > _MAX_BITS:
+                return True
+        elif isinstance(node, factorial):
+            n = node.args[0]
+            if n.is_number and (_huge(n) or abs(n.evalf(5)) > _MAX_FACTORIAL):
+                return True
+    return False
 
 
 def _limit_memory(mem_mb: int | None) -> None:
@@ -43,6 +78,30 @@ def _die_with_parent() -> None:
         pass
 
 
+def _fingerprint(values: list) -> tuple[complex, ...] | None:
+    """Numeric values of a parse result if every parsed object is a closed-form number."""
+    out = []
+    for v in values:
+        if isinstance(v, str):
+            continue
+        if not getattr(v, "is_number", False):
+            return None
+        try:
+            out.append(complex(v.evalf(20)))
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return tuple(out) or None
+
+
+def _far_apart(fa: tuple[complex, ...], fb: tuple[complex, ...]) -> bool:
+    """Every value of one is far from every value of the other: no verify() can match them.
+
+    The margin (1e-4 relative) is far wider than math-verify's own float tolerance (6
+    decimals), so this only skips comparisons whose answer is certainly "not equal".
+    """
+    return all(abs(x - y) > 1e-4 * max(1.0, abs(x), abs(y)) for x in fa for y in fb)
+
+
 def serve(conn, mem_mb: int | None = None) -> None:
     """Loop: receive a job (forms, pairs, start, bad), run ops from `start`, reply (op, code).
 
@@ -53,9 +112,10 @@ def serve(conn, mem_mb: int | None = None) -> None:
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    cache: OrderedDict[str, list] = OrderedDict()
+    # form -> (status, parse result, its strings, numeric fingerprint)
+    cache: OrderedDict[str, tuple[int, list, set, tuple | None]] = OrderedDict()
 
-    def parsed(form: str) -> list:
+    def parsed(form: str) -> tuple[int, list, set, tuple | None]:
         hit = cache.get(form)
         if hit is not None:
             cache.move_to_end(form)
@@ -63,14 +123,25 @@ def serve(conn, mem_mb: int | None = None) -> None:
         try:
             # A box makes math-verify read the form as LaTeX (a bare `\frac{1}{2}` may not match).
             value = parse("\\boxed{" + form + "}", parsing_timeout=None)
-        except BaseException:
-            cache[form] = []  # a form that failed once stays unparsed in this worker
-            raise
-        cache[form] = value
+            if not value:
+                entry = (UNPARSED, [], set(), None)
+            elif any(_huge(v) for v in value if not isinstance(v, str)):
+                entry = (HUGE, [], set(), None)
+            else:
+                strings = {v.strip() for v in value if isinstance(v, str)}
+                entry = (PARSED, value, strings, _fingerprint(value))
+        except (Exception, RecursionError, MemoryError):
+            entry = (ERROR, [], set(), None)
+        cache[form] = entry
         if len(cache) > _PARSE_CACHE_SIZE:
             cache.popitem(last=False)
-        return value
+        return entry
 
+    # Trigger sympy's lazy imports and first-use setup now, not inside a timed operation.
+    for a, b in (("\\frac{\\sqrt{2}}{2}", "x^2+1"), ("(1,2]", "\\{1,2\\}"), ("0.5", "\\pi")):
+        _, pa, _, _ = parsed(a)
+        _, pb, _, _ = parsed(b)
+        verify(pa, pb, timeout_seconds=None)
     conn.send("ready")
     while True:
         try:
@@ -84,29 +155,30 @@ def serve(conn, mem_mb: int | None = None) -> None:
         for op in range(start, n + len(pairs)):
             try:
                 if op < n:
-                    code = PARSED if parsed(forms[op]) else UNPARSED
+                    code = parsed(forms[op])[0]
                 else:
+                    code = SKIPPED
                     i, j = pairs[op - n]
-                    if i in bad or j in bad:
-                        code = SKIPPED
-                    else:
-                        a, b = parsed(forms[i]), parsed(forms[j])
-                        if not a or not b:
-                            code = SKIPPED
-                        else:
+                    if i not in bad and j not in bad:
+                        (_, a, sa, fa), (_, b, sb, fb) = parsed(forms[i]), parsed(forms[j])
+                        if a and b:
+                            if fa and fb and not (sa & sb) and _far_apart(fa, fb):
+                                code = FAR
                             # verify() is asymmetric (gold first); either direction counts.
-                            same = verify(a, b, timeout_seconds=None) or verify(
+                            elif verify(a, b, timeout_seconds=None) or verify(
                                 b, a, timeout_seconds=None
-                            )
-                            code = EQUAL if same else NOT_EQUAL
+                            ):
+                                code = EQUAL
+                            else:
+                                code = NOT_EQUAL
             except (Exception, RecursionError, MemoryError):
                 code = ERROR
             conn.send((op, code))
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str]) -> None:
+    """Entry point: `python -c "...; main(sys.argv[1:])" FD MEM_MB` (see equivalence._Slot)."""
     from multiprocessing.connection import Connection
 
     _die_with_parent()
-    serve(Connection(int(sys.argv[1])), int(sys.argv[2]) or None)
+    serve(Connection(int(argv[0])), int(argv[1]) or None)

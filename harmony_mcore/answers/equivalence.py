@@ -21,6 +21,7 @@ Classes are the connected components of that relation (union-find): a non-transi
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import re
@@ -123,15 +124,20 @@ def number_value(form: str) -> tuple[Fraction, bool] | None:
     if _DEC.match(form):
         return Fraction(form), True
     m = _FRAC.match(form)
-    if m and m.group(2) is not None:
+    if m and m.group(2) is not None and int(m.group(3)) != 0:
         v = Fraction(int(m.group(2)), int(m.group(3)))
         return (-v if m.group(1) == "-" else v), False
     return None
 
 
+_MAX_NORMALIZE = 10_000  # longer strings are returned stripped: bounds the (nesting-dependent) cost
+
+
 def normalize(ans: str) -> str:
     """Hendrycks-style cheap normal form of an extracted answer (may return "")."""
     s = ans.strip()
+    if len(s) > _MAX_NORMALIZE:
+        return s
     s = s.replace("\n", " ").replace("\r", " ")
     s = _SPACING.sub(" ", s)
     s = _LEFT_RIGHT.sub("", s)
@@ -163,6 +169,8 @@ def normalize(ans: str) -> str:
     return _canonical_number(s) or s
 
 
+_normalize_cached = functools.lru_cache(maxsize=1 << 16)(normalize)
+
 # ---------------------------------------------------------------------------------------
 # Worker pool with a hard per-operation wall-clock timeout
 
@@ -172,10 +180,11 @@ class EquivalenceStats:
     calls: int = 0  # verify operations run by workers
     parses: int = 0  # parse operations run by workers
     cache_hits: int = 0  # pairs answered from the parent's cache
-    numeric: int = 0  # pairs decided by exact arithmetic, no worker
+    numeric: int = 0  # pairs decided by arithmetic (exact rationals, or values far apart)
     timeouts: int = 0  # operations killed at the timeout (worker replaced)
     failures: int = 0  # worker crashes and exceptions inside math-verify
     rejected_too_long: int = 0  # forms longer than max_len, never given to math-verify
+    rejected_huge: int = 0  # forms whose evaluation would build astronomically large numbers
     unparsed: int = 0  # forms math-verify could not parse (equal only to themselves)
 
     def as_dict(self) -> dict[str, int]:
@@ -185,16 +194,21 @@ class EquivalenceStats:
 class _Job:
     """One problem's work: parse each form, then verify each pair (op numbers in that order)."""
 
-    __slots__ = ("forms", "pairs", "codes", "bad")
+    __slots__ = ("forms", "pairs", "codes", "bad", "dead", "strikes")
 
     def __init__(self, forms: list[str], pairs: list[tuple[int, int]]):
         self.forms, self.pairs = forms, pairs
         self.codes: list[int] = []
-        self.bad: set[int] = set()
+        self.bad: set[int] = set()  # forms whose remaining pairs are skipped
+        self.dead: set[int] = set()  # ... and which are never retried (timeouts, crashes, huge)
+        self.strikes: dict[int, int] = {}  # verify timeouts each form took part in
 
     @property
     def n_ops(self) -> int:
         return len(self.forms) + len(self.pairs)
+
+
+_WORKER_MAIN = f"import sys; from {W.__name__} import main; main(sys.argv[1:])"
 
 
 class _Slot:
@@ -209,7 +223,7 @@ class _Slot:
             p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p))
         env.setdefault("OMP_NUM_THREADS", "1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", W.__name__, str(child.fileno()), str(mem_mb or 0)],
+            [sys.executable, "-c", _WORKER_MAIN, str(child.fileno()), str(mem_mb or 0)],
             pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
         )
         child.close()
@@ -257,6 +271,14 @@ class _Pool:
             self.stats.failures += 1
         if op < n:
             job.bad.add(op)
+            job.dead.add(op)
+        else:
+            # We cannot tell which side made verify hang; a form in two hung pairs is the culprit.
+            for k in job.pairs[op - n]:
+                job.strikes[k] = job.strikes.get(k, 0) + 1
+                if job.strikes[k] >= 2:
+                    job.bad.add(k)
+                    job.dead.add(k)
         job.codes.append(W.ERROR)
         self._replace(i)
         return job
@@ -273,6 +295,13 @@ class _Pool:
             self.stats.parses += 1
             if code != W.PARSED:
                 job.bad.add(op)
+            if code in (W.HUGE, W.ERROR):
+                job.dead.add(op)
+            if code == W.HUGE:
+                self.stats.rejected_huge += 1
+                self.incidents.append(("huge", "parse", job.forms[op][:200]))
+        elif code == W.FAR:
+            self.stats.numeric += 1
         elif code in (W.EQUAL, W.NOT_EQUAL, W.ERROR):
             self.stats.calls += 1
         if code == W.ERROR:
@@ -400,9 +429,9 @@ class Equivalence:
         s = ans.strip()
         if not s:
             return None
-        if self.mode == "exact":
+        if self.mode == "exact" or len(s) > self.max_len:  # too long: its own class anyway
             return s
-        return normalize(s) or s
+        return _normalize_cached(s) or s
 
     # -- public API -------------------------------------------------------------------------
 
@@ -495,15 +524,12 @@ class Equivalence:
         for fs, uf, job in jobs:
             if job is not None:
                 n = len(job.forms)
-                for k, code in enumerate(job.codes[:n]):
-                    if code == W.UNPARSED:
-                        self.stats.unparsed += 1
-                    elif code == W.ERROR and k in job.bad:
-                        self._dead_forms.add(job.forms[k])
+                self.stats.unparsed += job.codes[:n].count(W.UNPARSED)
+                self._dead_forms.update(job.forms[k] for k in job.dead)
                 index = {f: i for i, f in enumerate(fs)}
                 for (li, lj), code in zip(job.pairs, job.codes[n:]):
                     a, b = job.forms[li], job.forms[lj]
-                    if code in (W.EQUAL, W.NOT_EQUAL):
+                    if code in (W.EQUAL, W.NOT_EQUAL, W.FAR):
                         self._remember(a, b, code == W.EQUAL)
                     if code == W.EQUAL:
                         uf.union(index[a], index[b])
