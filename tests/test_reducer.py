@@ -42,6 +42,13 @@ def test_ties_go_to_the_earliest_sampled_answer():
     rows = [Record("a", 0, "9"), Record("a", 0, "1"), Record("a", 1, "1"), Record("a", 1, "9")]
     assert _batch(rows).problems[0].label_answers == ("9", "9")
     assert _batch(rows[1::-1] + rows[2:]).problems[0].label_answers == ("1", "1")
+    # with each response's batch position, the arrival order (i.e. the layout) no longer matters
+    for i, r in enumerate(rows):
+        r.index = 10 + i
+    for order in ([0, 1, 2, 3], [1, 0, 3, 2], [3, 1, 2, 0]):
+        res = _batch([rows[i] for i in order])
+        assert res.problems[0].label_answers == ("9", "9")
+        assert [res.rewards[order.index(i)] for i in range(4)] == [1, 0, 0, 1]
 
 
 def test_metrics_by_hand():

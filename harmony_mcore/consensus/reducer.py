@@ -4,9 +4,10 @@
 their OWN problem id (the reference paired rows of the two views by position after reordering them
 independently, so most reframe rewards were checked against another problem's label), votes per
 problem, and returns a reward per row in input order plus metrics. Class ids number a problem's
-answers by first appearance, solver view first, then each view in row order: the consensus
-tie-break (smallest id) thus picks the earliest sampled answer, which is deterministic for a given
-batch and, unlike an order of the strings themselves, favours no kind of answer. `Reducer` runs it on one rank:
+answers by first appearance, solver view first, then each view in `Record.index` order (else row
+order): the consensus tie-break (smallest id) thus picks the earliest sampled answer, which is the
+same for every parallel layout and, unlike an order of the strings themselves, favours no kind of
+answer. `Reducer` runs it on one rank:
 gather every rank's records there, compute, scatter each rank's rewards back in its local order.
 """
 
@@ -32,10 +33,14 @@ class Record:
     ground_truth: str | None = None  # monitoring only (and the gt baseline)
     format_score: float | None = None  # reframe views: rewards.format_score(response), computed locally
     value: float | None = None  # intuitor/rent: response_mean(token_fn(logits)), computed locally
+    # Position of the response in the whole batch, the same whatever the parallel layout: a
+    # problem's answers are numbered (and consensus ties broken) in this order. None: arrival order.
+    index: int | None = None
 
     @classmethod
     def from_response(cls, problem_id: str | int, view: int, response: str, ground_truth: str | None = None,
-                      *, choices: int | None = None, markers: bool = True, value: float | None = None) -> Record:
+                      *, choices: int | None = None, markers: bool = True, value: float | None = None,
+                      index: int | None = None) -> Record:
         """A record from a response text, built on the rank that generated it.
 
         `choices`: number of options of a multiple-choice benchmark (the boxed letter is the
@@ -49,7 +54,7 @@ class Record:
         if choices is not None:
             answer = extract_choice(answer, choices)
         return cls(problem_id, view, answer, ground_truth,
-                   format_score(response) if view > 0 and markers else None, value)
+                   format_score(response) if view > 0 and markers else None, value, index)
 
 
 @dataclass
@@ -102,6 +107,9 @@ def _group(records: Sequence[Record], K: int) -> tuple[list, list[list[list[int]
         if r.view >= K:
             raise ValueError(f"record {i} (problem {r.problem_id!r}) has view {r.view} but num_views={K}")
         groups.setdefault(r.problem_id, [[] for _ in range(K)])[r.view].append(i)
+    for views in groups.values():
+        for view in views:
+            view.sort(key=lambda i: (records[i].index is None, records[i].index or 0, i))
     gts: list[str | None] = []
     for p, views in groups.items():
         given = {records[i].ground_truth for view in views for i in view} - {None}
@@ -217,7 +225,7 @@ def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[
 
 
 def _to_wire(r: Record) -> tuple:
-    return (r.problem_id, r.view, r.answer, r.ground_truth, r.format_score, r.value)
+    return (r.problem_id, r.view, r.answer, r.ground_truth, r.format_score, r.value, r.index)
 
 
 class Reducer:
