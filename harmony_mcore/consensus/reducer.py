@@ -7,8 +7,8 @@ problem, and returns a reward per row in input order plus metrics. Class ids num
 answers by first appearance, solver view first, then each view in `Record.index` order (else row
 order): the consensus tie-break (smallest id) thus picks the earliest sampled answer, which is the
 same for every parallel layout and, unlike an order of the strings themselves, favours no kind of
-answer. `Reducer` runs it on one rank:
-gather every rank's records there, compute, scatter each rank's rewards back in its local order.
+answer. `Reducer` runs it on one rank: gather every rank's records there, compute, scatter each
+rank's rewards back in its local order.
 """
 
 from __future__ import annotations
