@@ -110,6 +110,10 @@ def test_argument_errors(tmp_path, capsys):
         assert e.value.code == 2 and msg in capsys.readouterr().err
     assert main(["--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o.jsonl")]) == 2
     assert "cannot read --input" in capsys.readouterr().err
+    gap = _write(tmp_path / "gap.jsonl", [{"problem_id": 1, "view": 0, "answer": "1"},
+                                          {"problem_id": 1, "view": 2, "answer": "1"}])
+    assert main(["--input", gap, "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert "views 0, 2 are present" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--input", inp, "--output", str(tmp_path / "no" / "o.jsonl")])
     assert "does not exist" in capsys.readouterr().err

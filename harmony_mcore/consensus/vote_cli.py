@@ -108,6 +108,10 @@ def read_rollouts(path: str) -> list[Record]:
             records.append(_record(row, where))
     if not records:
         raise InputError(f"{path}: no rollouts (expected one JSON object per line)")
+    views = sorted({r.view for r in records})
+    if views != list(range(len(views))):
+        raise InputError(f"{path}: views {', '.join(map(str, views))} are present; number them 0, 1, .. "
+                         f"without gaps (0 = solver), as an empty view would veto every label")
     gts: dict = {}
     for r in records:
         if r.ground_truth is not None and gts.setdefault(r.problem_id, r.ground_truth) != r.ground_truth:
