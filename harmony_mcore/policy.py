@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -25,7 +25,7 @@ from harmony_mcore.algo.loss import grpo_view_loss
 from harmony_mcore.algo.schedules import lr_at
 from harmony_mcore.config import AlgorithmConfig, ParallelConfig
 from harmony_mcore.models import families
-from harmony_mcore.models.builder import build_chunks, wrap_ddp
+from harmony_mcore.models.builder import build_chunks, global_name, wrap_ddp
 from harmony_mcore.parallel.distributed import device
 from harmony_mcore.parallel.vocab_parallel import vocab_parallel_logprobs
 
@@ -121,6 +121,22 @@ class Policy:
         self.optimizer = self._make_optimizer(dtype, use_dist_opt)
 
     # ---- weights -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_hf_weights(self, tensors: Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor]) -> None:
+        """Load full HF-named tensors (a state dict, or name -> tensor, e.g. a lazy safetensors reader)
+        into this rank's shards through the bridge's mapping table, then reset the reference to them."""
+        from megatron.core import parallel_state as ps
+
+        from harmony_mcore.bridge.mapping import get_mapping
+
+        mapping = get_mapping(self.hf_config)
+        get = tensors.__getitem__ if isinstance(tensors, Mapping) else tensors
+        tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+        for module in self.modules:
+            for name, param in module.named_parameters():
+                param.copy_(hf_weight_shard(mapping, global_name(module, name), get, module.vocab_size, tp, rank))
+        self.sync_reference()
+
     @torch.no_grad()
     def sync_reference(self) -> None:
         """Copy the policy's current weights into the frozen reference."""
@@ -344,3 +360,13 @@ class Policy:
         out["loss"] = float(metrics[:, 0].sum())
         return out
 
+
+
+def hf_weight_shard(mapping, mcore_name: str, get: Callable[[str], torch.Tensor], padded_vocab: int,
+                    tp: int, tp_rank: int) -> torch.Tensor:
+    """TP shard `tp_rank` of the Megatron tensor `mcore_name` (global layer numbers) built from HF tensors,
+    with `mapping` = harmony_mcore.bridge.mapping.get_mapping(hf_config)."""
+    if mapping.tied and mcore_name == "output_layer.weight":
+        mcore_name = "embedding.word_embeddings.weight"  # the last PP stage's copy of the tied embedding
+    full = mapping.hf_to_mcore(mcore_name, [get(n) for n in mapping.hf_sources(mcore_name)], padded_vocab)
+    return mapping.tp_split(mcore_name, full, tp)[tp_rank]
