@@ -94,7 +94,8 @@ class Policy:
 
     `modules` are the plain GPTModel chunks: their `state_dict()`/`named_parameters()` carry Megatron's
     standard names (harmony_mcore.models.families.layer_spec) for the bridge and checkpoints. After
-    loading weights into `modules`, call `sync_reference()` so the reference starts equal.
+    writing weights into `modules` yourself, call `weights_loaded()` (refreshes the optimizer's fp32 main
+    params on GPU and resets the reference); `load_hf_weights` does it for you.
     """
 
     def __init__(self, hf_config: Any, parallel: ParallelConfig, algorithm: AlgorithmConfig, *,
@@ -102,7 +103,9 @@ class Policy:
                  reference: bool = True, use_te: bool | None = None):
         from megatron.core import parallel_state as ps
 
-        self.hf_config = families.hf_dict(hf_config)
+        cfg = families.hf_dict(hf_config)
+        families.get_family(cfg)
+        self.hf_config = {**cfg, "architectures": [families.architecture(cfg)]}  # the bridge keys on it
         self.parallel, self.algo, self.total_steps = parallel, algorithm, total_steps
         self.vocab_size = self.hf_config["vocab_size"]
         self.on_gpu = torch.cuda.is_available()
@@ -135,6 +138,12 @@ class Policy:
         for module in self.modules:
             for name, param in module.named_parameters():
                 param.copy_(hf_weight_shard(mapping, global_name(module, name), get, module.vocab_size, tp, rank))
+        self.weights_loaded()
+
+    def weights_loaded(self) -> None:
+        """New initial weights are in `modules`: copy them into the optimizer's main params and the reference."""
+        if self.on_gpu:
+            self.optimizer.reload_model_params()  # Megatron keeps fp32 main copies made at construction
         self.sync_reference()
 
     @torch.no_grad()
@@ -164,6 +173,10 @@ class Policy:
     def _rows_multiple(self, mbs: int) -> int:
         # The interleaved (virtual PP) schedule wants whole groups of PP micro-batches.
         return self.dp * mbs * (self.parallel.pp if self.parallel.vpp else 1)
+
+    def _seq_multiple(self) -> int:
+        # Sequence parallelism splits the sequence over TP ranks.
+        return self.parallel.tp if self.parallel.sequence_parallel else 1
 
     def _run(self, chunks: list, packed: _Packed, mbs: int, loss_fn, forward_only: bool) -> list[dict]:
         """Run this DP rank's share of `packed` through the pipeline; returns the last stage's outputs."""
@@ -242,9 +255,6 @@ class Policy:
                                group=ps.get_pipeline_model_parallel_group())
             result.append(_unpack(packed, full.cpu()))
         return result[0], (result[1] if with_entropy else None)
-
-    def _seq_multiple(self) -> int:
-        return self.parallel.tp if self.parallel.sequence_parallel else 1
 
     # ---- training ------------------------------------------------------------------------------
     def _make_optimizer(self, dtype: str, use_dist_opt: bool):
