@@ -72,9 +72,17 @@ class RolloutConfig:
     bucket_mb: int = 512  # weight-sync bucket size
     logprob_check_every: int = 0  # steps between engine-vs-trainer log-prob checks (0 = off)
     logprob_check_tolerance: float = 0.1
+    logprob_check_sequences: int = 4  # sequences scored by both engine and trainer in each check
+    enforce_eager: bool = False  # vLLM: skip CUDA-graph capture (slower decode, faster start)
+    vllm_extra: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM(...) keyword arguments
 
     def validate(self) -> None:
         _check(self.engine in ("auto", "vllm", "torch"), f"rollout.engine={self.engine!r}: use auto, vllm or torch")
+        _check(self.tp >= 1, "rollout.tp must be >= 1")
+        _check(self.sleep_level in (1, 2), f"rollout.sleep_level={self.sleep_level}: use 1 (weights kept on host) or 2 (dropped)")
+        _check(self.logprob_check_every >= 0, "rollout.logprob_check_every must be >= 0 (0 = off)")
+        _check(self.logprob_check_tolerance > 0, "rollout.logprob_check_tolerance must be > 0")
+        _check(self.logprob_check_sequences >= 1, "rollout.logprob_check_sequences must be >= 1")
         _check(self.n >= 1, "rollout.n must be >= 1")
         _check(self.temperature > 0, "rollout.temperature must be > 0 (use eval.greedy for greedy decoding)")
         _check(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")
