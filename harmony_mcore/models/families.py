@@ -1,21 +1,32 @@
 """Model families: an HF `config.json` -> Megatron `TransformerConfig`, GPTModel arguments, layer spec.
 
-The registry keyed by HF architecture is the bridge's (`harmony_mcore.bridge.mapping.FAMILIES`), so the
-weight mapping and the model config read the same flags (qkv bias, qk norm). Everything else (GQA,
+The registry keyed by HF architecture is derived from the bridge's (`harmony_mcore.bridge.mapping.FAMILIES`),
+so the weight mapping and the model config read the same flags (qkv bias, qk norm). Everything else (GQA,
 head_dim, rope theta/scaling, tied embeddings, RMSNorm eps) comes from the HF config. Megatron parameter
 names are the standard ones of the chosen spec (see `layer_spec`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
-from harmony_mcore.bridge.mapping import FAMILIES, Family
+from harmony_mcore.bridge import mapping as bridge_mapping
 from harmony_mcore.config import ConfigError
 
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    qkv_bias: bool  # Qwen2/2.5: q/k/v projections carry a bias
+    qk_layernorm: bool  # Qwen3: RMSNorm on each head's q and k
+
+
+FAMILIES: dict[str, Family] = {arch: Family(f.name, qkv_bias=f.qkv_bias, qk_layernorm=f.qk_norm)
+                               for arch, f in bridge_mapping.FAMILIES.items()}
 
 _BY_MODEL_TYPE = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
 
@@ -116,7 +127,7 @@ def transformer_config(hf_config: Any, *, tp: int = 1, pp: int = 1, vpp: int | N
         activation_func=F.silu,
         add_bias_linear=False,
         add_qkv_bias=family.qkv_bias,
-        qk_layernorm=family.qk_norm,
+        qk_layernorm=family.qk_layernorm,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         tensor_model_parallel_size=tp,
@@ -187,6 +198,6 @@ def layer_spec(hf_config: Any, *, use_te: bool | None = None):
     if use_te is None:
         use_te = te_available()
     if use_te:
-        return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=family.qk_norm)
-    return specs.get_gpt_layer_local_spec(qk_layernorm=family.qk_norm, normalization="RMSNorm")
+        return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=family.qk_layernorm)
+    return specs.get_gpt_layer_local_spec(qk_layernorm=family.qk_layernorm, normalization="RMSNorm")
 
