@@ -2,6 +2,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from conversion.cli import main as convert_main
 from conversion.common import ConversionError
 from harmony_mcore.bridge.dist_ckpt import CheckpointError
 from harmony_mcore.bridge.mapping import MappingError
+from harmony_mcore.config import ConfigError
 from harmony_mcore.bridge.safetensors_io import SafetensorsError
 from tests.conversion_models import hf_model, save_hf_model
 
@@ -88,7 +90,7 @@ def _rewrite_weights(path, edit):
 
 def test_unknown_architecture(tiny, tmp_path):
     _edit_config(tiny, architectures=["MixtralForCausalLM"])
-    with pytest.raises(MappingError, match="unknown architecture 'MixtralForCausalLM'.*supported: .*LlamaForCausalLM"):
+    with pytest.raises(ConfigError, match="unsupported architecture MixtralForCausalLM: supported are .*LlamaForCausalLM"):
         hf_to_mcore.convert(tiny, tmp_path / "mc", log=_quiet)
 
 
@@ -182,7 +184,7 @@ def test_cli_reports_errors_without_traceback(tiny, tmp_path, capsys):
     _edit_config(tiny, architectures=["GPT2LMHeadModel"])
     assert convert_main(["hf-to-mcore", "--hf", str(tiny), "--out", str(tmp_path / "mc")]) == 2
     err = capsys.readouterr().err
-    assert "error: unknown architecture 'GPT2LMHeadModel'" in err and "Traceback" not in err
+    assert "error: unsupported architecture GPT2LMHeadModel" in err and "Traceback" not in err
 
 
 def test_tied_checkpoint_with_lm_head_copy_is_accepted(tmp_path):
@@ -194,3 +196,34 @@ def test_tied_checkpoint_with_lm_head_copy_is_accepted(tmp_path):
     model = hf_model("llama")
     assert torch.equal(_hf_tensors(tmp_path / "back")["model.embed_tokens.weight"],
                        model.state_dict()["model.embed_tokens.weight"])
+
+
+# ---- logits of converted checkpoints inside Megatron (gloo processes) ---------------------------
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("converted")
+    pairs = []
+    for name, layout_tp in (("qwen2", 2), ("qwen3", 1), ("llama", 2)):
+        src = save_hf_model(name, root / f"{name}_hf", torch.float32)
+        hf_to_mcore.convert(src, root / f"{name}_mc", tp=layout_tp, log=_quiet)
+        pairs.append(f"{src}={root / f'{name}_mc'}")
+    other = root / "qwen2_other"
+    hf_model("qwen2", torch.float32, seed=1).save_pretrained(other)
+    return pairs, other
+
+
+@pytest.mark.dist
+def test_logits_single_process_and_verify_command(converted, run_torchrun):
+    pairs, other = converted
+    script = Path(__file__).parent / "dist" / "conversion_logits.py"
+    out = run_torchrun(script, 1, "1", "1", *pairs, env={"OTHER_HF": str(other)}).stdout
+    assert out.count("max|diff|") == 3 and "verify OK" in out
+
+
+@pytest.mark.dist
+def test_logits_tp2_pp2(converted, run_torchrun):
+    pairs, _ = converted
+    script = Path(__file__).parent / "dist" / "conversion_logits.py"
+    out = run_torchrun(script, 4, "2", "2", *pairs).stdout
+    assert out.count("max|diff|") == 6  # two last-stage TP ranks x three models
