@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--hf", required=True, help="HF model directory (e.g. the output of mcore-to-hf)")
     d.add_argument("--out", required=True, help="output directory of the quantized HF checkpoint")
     d.add_argument("--format", default="fp8", choices=("fp8",), help="quantization format (default fp8)")
-    d.add_argument("--calib-prompts", type=int, default=64, help="calibration prompts (default 64)")
+    d.add_argument("--calib-file", help="calibration prompts, one per line (default: a built-in math set)")
     d.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return p
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             return verify.main(args)
         elif args.command == "quantize":
             from conversion import quantize
-            quantize.quantize(args.hf, args.out, fmt=args.format, calib_prompts=args.calib_prompts,
+            quantize.quantize(args.hf, args.out, fmt=args.format, calib_file=args.calib_file,
                               overwrite=args.overwrite)
     except (ConversionError, ConfigError, MappingError, SafetensorsError, CheckpointError) as e:
         print(f"harmony convert {args.command}: error: {e}", file=sys.stderr)

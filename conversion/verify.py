@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from conversion.common import ConversionError, read_hf_config
+from conversion.common import ConversionError, hf_dtype_kwargs, read_hf_config
 from conversion.mcore_to_hf import find_checkpoint, find_hf_config_dir
 
 BUILTIN_PROMPTS = (
@@ -34,12 +34,6 @@ def _prompt_ids(hf_dir: Path, prompts: list[str], vocab: int) -> tuple[list[torc
     # no tokenizer files (e.g. a test model): fixed pseudo-random token ids
     g = torch.Generator().manual_seed(0)
     return [torch.randint(0, vocab, (1, 8 + 4 * k), generator=g) for k in range(len(prompts))], "random ids"
-
-
-def _dtype_kw(dt: torch.dtype) -> dict:
-    import transformers
-
-    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dt}
 
 
 def max_logit_diff(hf_dir: str | Path, ckpt: str | Path, *, hf_config: str | Path | None = None,
@@ -65,7 +59,7 @@ def max_logit_diff(hf_dir: str | Path, ckpt: str | Path, *, hf_config: str | Pat
     (model,) = build_chunks(config, ParallelConfig(tp=1, pp=1), dtype=dtype)
     load_model_weights([model], ckpt)
     model.eval()
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir, **_dtype_kw(dt)).to(device()).eval()
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, **hf_dtype_kwargs(dt)).to(device()).eval()
     vocab = int(config["vocab_size"])
     if int(hf.config.vocab_size) != vocab or architecture(hf.config) != architecture(config):
         raise ConversionError(f"--hf {hf_dir} ({architecture(hf.config)}, vocab {hf.config.vocab_size}) is not the "

@@ -15,7 +15,7 @@ from harmony_mcore.bridge.dist_ckpt import CheckpointError
 from harmony_mcore.bridge.mapping import MappingError
 from harmony_mcore.config import ConfigError
 from harmony_mcore.bridge.safetensors_io import SafetensorsError
-from tests.conversion_models import hf_model, save_hf_model
+from tests.conversion_models import hf_model, save_char_tokenizer, save_hf_model
 
 
 def _hf_tensors(path):
@@ -206,6 +206,8 @@ def converted(tmp_path_factory):
     pairs = []
     for name, layout_tp in (("qwen2", 2), ("qwen3", 1), ("llama", 2)):
         src = save_hf_model(name, root / f"{name}_hf", torch.float32)
+        if name == "qwen2":
+            save_char_tokenizer(src, 250)  # verify tokenizes its prompts with it
         hf_to_mcore.convert(src, root / f"{name}_mc", tp=layout_tp, log=_quiet)
         pairs.append(f"{src}={root / f'{name}_mc'}")
     other = root / "qwen2_other"
@@ -222,8 +224,39 @@ def test_logits_single_process_and_verify_command(converted, run_torchrun):
 
 
 @pytest.mark.dist
-def test_logits_tp2_pp2(converted, run_torchrun):
+def test_logits_tp2_pp2_and_export_of_a_megatron_saved_checkpoint(converted, run_torchrun, tmp_path):
     pairs, _ = converted
     script = Path(__file__).parent / "dist" / "conversion_logits.py"
-    out = run_torchrun(script, 4, "2", "2", *pairs).stdout
+    out = run_torchrun(script, 4, "2", "2", *pairs, env={"SAVE_ROOT": str(tmp_path / "saved")}).stdout
     assert out.count("max|diff|") == 6  # two last-stage TP ranks x three models
+    # checkpoints saved by megatron itself at TP2 x PP2 (padded vocab, per-rank chunks) export bit-exactly
+    for pair in pairs:
+        src = Path(pair.split("=")[0])
+        back = tmp_path / f"{src.name}_back"
+        mcore_to_hf.convert(tmp_path / "saved" / src.name, back, hf_config=src, log=_quiet)
+        a, b = _hf_tensors(src), _hf_tensors(back)
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- release quantization ----------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_quantize_without_gpu_says_so(tiny, tmp_path, capsys):
+    assert convert_main(["quantize", "--hf", str(tiny), "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "quantize needs a CUDA GPU" in err and not (tmp_path / "q").exists()
+
+
+@pytest.mark.gpu
+def test_quantize_fp8_on_gpu(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from conversion import quantize
+
+    src = save_hf_model("llama", tmp_path / "hf", torch.bfloat16)
+    save_char_tokenizer(src, 300)
+    quantize.quantize(src, tmp_path / "q", log=_quiet)
+    cfg = json.loads((tmp_path / "q/config.json").read_text())
+    assert "quantization_config" in cfg or (tmp_path / "q/hf_quant_config.json").exists()
+    assert any(t.dtype == torch.float8_e4m3fn for t in _hf_tensors(tmp_path / "q").values())
+    AutoModelForCausalLM.from_pretrained(tmp_path / "q")  # transformers reads the export

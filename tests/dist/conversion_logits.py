@@ -1,7 +1,8 @@
 """torchrun script: converted checkpoints loaded into Megatron at TP x PP give transformers' logits.
 
 usage: torchrun --nproc_per_node TP*PP conversion_logits.py TP PP HF_DIR=CKPT_DIR [...]
-With TP=PP=1 it also runs `harmony convert verify` on the first pair (passes) and on the HF model
+With $SAVE_ROOT set, each loaded model is saved again with megatron's dist_checkpointing.save (as
+the trainer does) under $SAVE_ROOT/<hf dir name>. With TP=PP=1 it also runs `harmony convert verify` on the first pair (passes) and on the HF model
 in $OTHER_HF (same architecture, other weights) against the first checkpoint (fails).
 Pipeline stages hand activations over with plain send/recv; TP logits are all-gathered.
 """
@@ -59,13 +60,21 @@ def main():
                 print(f"rank {dist.get_rank()} {config['architectures'][0]} TP={tp} PP={pp} "
                       f"padded vocab {logits.shape[-1]} max|diff| {diff:.2e}", flush=True)
                 assert diff < 1e-5, diff
+        if os.environ.get("SAVE_ROOT"):  # save as a trainer would: megatron's own dist-checkpointing
+            from megatron.core import dist_checkpointing
+
+            out = Path(os.environ["SAVE_ROOT"]) / hf_dir.name
+            if dist.get_rank() == 0:
+                out.mkdir(parents=True)
+            dist.barrier()
+            dist_checkpointing.save(model.sharded_state_dict(), str(out))
     if tp == pp == 1:
         from conversion import verify
         from conversion.cli import main as convert_main
 
         hf_a, ckpt_a = pairs[0]
-        diff, _ = verify.max_logit_diff(hf_a, ckpt_a)
-        assert diff < 1e-5, diff
+        diff, how = verify.max_logit_diff(hf_a, ckpt_a)
+        assert diff < 1e-5 and how == "tokenizer", (diff, how)
         assert convert_main(["verify", "--hf", str(hf_a), "--ckpt", str(ckpt_a)]) == 0
         # the same architecture with other weights must fail
         assert convert_main(["verify", "--hf", os.environ["OTHER_HF"], "--ckpt", str(ckpt_a)]) == 1
