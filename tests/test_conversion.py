@@ -260,3 +260,18 @@ def test_quantize_fp8_on_gpu(tmp_path):
     assert "quantization_config" in cfg or (tmp_path / "q/hf_quant_config.json").exists()
     assert any(t.dtype == torch.float8_e4m3fn for t in _hf_tensors(tmp_path / "q").values())
     AutoModelForCausalLM.from_pretrained(tmp_path / "q")  # transformers reads the export
+
+
+def test_finds_checkpoint_and_hf_files_in_a_run_directory(tiny, tmp_path):
+    # the trainer's layout: RUN/initial_mcore (converted, with hf/) and RUN/checkpoints/step_*/model
+    run = tmp_path / "run"
+    hf_to_mcore.convert(tiny, run / "initial_mcore", log=_quiet)
+    for step in (10, 20):
+        hf_to_mcore.convert(tiny, run / f"checkpoints/step_{step:07d}/model", log=_quiet)
+        (run / f"checkpoints/step_{step:07d}/model/hf/config.json").unlink()  # the trainer keeps none there
+    (run / "checkpoints/step_0000020/optimizer").mkdir()
+    assert mcore_to_hf.find_checkpoint(run) == run / "checkpoints/step_0000020/model"
+    assert mcore_to_hf.find_checkpoint(run / "checkpoints/step_0000010") == run / "checkpoints/step_0000010/model"
+    info = mcore_to_hf.convert(run, tmp_path / "out", log=_quiet)
+    assert info["hf_config"] == str(run / "initial_mcore/hf")
+    assert (tmp_path / "out/config.json").read_bytes() == (tiny / "config.json").read_bytes()
