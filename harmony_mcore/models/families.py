@@ -146,6 +146,9 @@ def transformer_config(hf_config: Any, *, tp: int = 1, pp: int = 1, vpp: int | N
         apply_rope_fusion=False,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
+        # On gloo, batched p2p between the same two ranks (PP=2: next == prev) pairs messages by order,
+        # which garbled the interleaved (virtual PP) 1F1B schedule in tests/policy; separate ops are exact.
+        batch_p2p_comm=on_gpu,
     )
     if recompute == "full":
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
