@@ -18,6 +18,9 @@ def test_engine_args_colocated_sleep_mode_and_overrides():
     assert args["logprobs_mode"] == "processed_logprobs"
     assert (args["model"], args["seed"], args["max_model_len"], args["max_num_seqs"]) == ("/ckpt/hf", 7, 4096, 64)
     assert args["enforce_eager"] is True and args["gpu_memory_utilization"] == 0.5
+    standalone = engine_args(RolloutConfig(), "/m", dtype="fp16", seed=0, max_model_len=None, colocated=False)
+    assert "distributed_executor_backend" not in standalone and "load_format" not in standalone
+    assert "max_model_len" not in standalone and standalone["dtype"] == "float16"
     with pytest.raises(ValueError, match="dtype='int8'"):
         engine_args(cfg, "/x", dtype="int8", seed=0, max_model_len=8)
 

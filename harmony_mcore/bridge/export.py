@@ -245,6 +245,19 @@ class WeightExporter:
                 "sync/total_s": t3 - t0, "sync/bytes": float(self.plan.total_bytes())}
 
 
+def policy_scorer(policy, temperature: float = 1.0) -> Callable[[list[list[int]]], list[torch.Tensor]]:
+    """`trainer_logprobs` for check_sync from a harmony_mcore.policy.Policy (collective, like Policy.logprobs)."""
+    def score(seqs: list[list[int]]) -> list[torch.Tensor]:
+        ids = torch.zeros(len(seqs), max(len(s) for s in seqs), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            ids[r, :len(s)] = torch.tensor(s)
+            mask[r, :len(s)] = 1
+        logp, _ = policy.logprobs(ids, mask, temperature=temperature)
+        return [logp[r, 1:len(s)] for r, s in enumerate(seqs)]  # column t holds log p(token t | tokens < t)
+    return score
+
+
 def _now() -> float:
     """Wall time after the GPU's queued work (timings of asynchronous kernels would be meaningless)."""
     if torch.cuda.is_available():

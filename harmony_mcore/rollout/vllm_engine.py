@@ -37,28 +37,34 @@ VLLM_VERSION = "0.11.0"
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def engine_args(cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int) -> dict[str, Any]:
-    """Keyword arguments of vllm.LLM for a colocated engine (pure: testable without vLLM)."""
+def engine_args(cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int | None,
+                colocated: bool = True) -> dict[str, Any]:
+    """Keyword arguments of vllm.LLM (pure: testable without vLLM).
+
+    Colocated (inside the trainer's torchrun processes): external launcher, and no weights are read
+    from disk (the bridge's first sync provides them). Standalone (evaluation): vLLM's own executor
+    and the checkpoint's weights.
+    """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}: use one of {sorted(_DTYPES)}")
     args: dict[str, Any] = {
         "model": model_path,
         "tokenizer": model_path,
-        "distributed_executor_backend": "external_launcher",
         "tensor_parallel_size": cfg.tp,
         "dtype": _DTYPES[dtype],
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "max_model_len": max_model_len,
         "enable_sleep_mode": True,
         "enable_prefix_caching": True,
         "enforce_eager": cfg.enforce_eager,
-        # Weights come from the trainer through the bridge right after start-up: skip reading them.
-        "load_format": "dummy",
         "logprobs_mode": "processed_logprobs",
         # All ranks of one vLLM TP group must sample identically: same seed within the group.
         "seed": seed,
         "disable_log_stats": True,
     }
+    if max_model_len is not None:
+        args["max_model_len"] = max_model_len
+    if colocated:
+        args.update(distributed_executor_backend="external_launcher", load_format="dummy")
     args.update(cfg.vllm_extra)
     return args
 
@@ -105,24 +111,35 @@ def rollout_tp_groups(world_size: int, tp: int) -> list[list[int]]:
     return [list(range(start, start + tp)) for start in range(0, world_size, tp)]
 
 
-class VllmEngine:
+class VLLMEngine:
     """RolloutEngine on a colocated vLLM (see module docstring)."""
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int):
-        # external_launcher needs the engine core in this process (in-process weight loading too).
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    def __init__(self, cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int | None):
         import torch.distributed as dist
+
+        colocated = dist.is_initialized()
+        if colocated:
+            # external_launcher needs the engine core in this process (in-process weight loading too).
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         self.tp = cfg.tp
         self.group = None
-        if dist.is_initialized() and cfg.tp > 1:
+        if colocated and cfg.tp > 1:
             # new_subgroups_by_enumeration is collective: every rank creates every group.
             self.group, _ = dist.new_subgroups_by_enumeration(rollout_tp_groups(dist.get_world_size(), cfg.tp))
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        self.llm = LLM(**engine_args(cfg, model_path, dtype=dtype, seed=seed + rank // cfg.tp, max_model_len=max_model_len))
+        rank = dist.get_rank() if colocated else 0
+        self.llm = LLM(**engine_args(cfg, model_path, dtype=dtype, seed=seed + rank // cfg.tp,
+                                     max_model_len=max_model_len, colocated=colocated))
         self.tokenizer = self.llm.get_tokenizer()
         self.sleep_level = cfg.sleep_level
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: str = "auto", tp: int = 1, seed: int = 0,
+                        max_model_len: int | None = None, gpu_memory_utilization: float = 0.85) -> "VLLMEngine":
+        """A standalone engine with the checkpoint's own weights (evaluation)."""
+        cfg = RolloutConfig(tp=tp, gpu_memory_utilization=gpu_memory_utilization)
+        return cls(cfg, path, dtype="bf16" if dtype == "auto" else dtype, seed=seed, max_model_len=max_model_len)
 
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[GenerationResult]:
         from vllm import SamplingParams as VllmSamplingParams

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from harmony_mcore.bridge.export import SyncError, WeightExporter, check_sync
-from harmony_mcore.config import ParallelConfig
-from harmony_mcore.models.builder import build_chunks, wrap_ddp
+from harmony_mcore.bridge.export import SyncError, WeightExporter, check_sync, policy_scorer
+from harmony_mcore.config import AlgorithmConfig, ParallelConfig
 from harmony_mcore.parallel import init_distributed
+from harmony_mcore.policy import Policy
 from harmony_mcore.rollout.torch_engine import TorchEngine
 from harmony_mcore.testing import char_tokenizer, tiny_hf_config
 
@@ -93,7 +93,8 @@ def megatron_logprobs(model, seqs: list[list[int]], vocab: int) -> list[torch.Te
 def check_model(tag: str, hf_cfg: dict, par: ParallelConfig, out_dir: Path, tok) -> None:
     from megatron.core import parallel_state as ps
 
-    model = wrap_ddp(build_chunks(hf_cfg, par))
+    policy = Policy(hf_cfg, par, AlgorithmConfig(), reference=False)
+    model = policy.model
     train_one_step(model, hf_cfg["vocab_size"])
 
     rank = dist.get_rank()
@@ -116,7 +117,9 @@ def check_model(tag: str, hf_cfg: dict, par: ParallelConfig, out_dir: Path, tok)
     g = torch.Generator().manual_seed(9)
     seqs = torch.randint(0, hf_cfg["vocab_size"], (4, SEQ), generator=g).tolist()
     diff = check_sync(engine, lambda s: megatron_logprobs(model, s, hf_cfg["vocab_size"]), seqs, tolerance=1e-5)
-    print(f"[rank {rank}] {tag}: engine vs megatron log-prob max diff {diff:.2e}", flush=True)
+    diff_policy = check_sync(engine, policy_scorer(policy), seqs, tolerance=1e-5)
+    print(f"[rank {rank}] {tag}: engine vs megatron log-prob max diff {diff:.2e} (via Policy.logprobs "
+          f"{diff_policy:.2e})", flush=True)
 
     with torch.no_grad():  # a garbled weight after sync must be caught
         engine.model.model.norm.weight.mul_(3.0)
