@@ -87,3 +87,18 @@ def test_assign_buckets():
     assert assign_buckets([10, 50, 10], 25) == [0, 1, 2]  # oversized in the middle alone
     assert assign_buckets([25, 25], 25) == [0, 1]
     assert assign_buckets([], 25) == []
+
+
+def test_make_params_current_forces_the_overlapped_param_gather_only():
+    from types import SimpleNamespace
+
+    from harmony_mcore.bridge.export import make_params_current
+
+    calls = []
+
+    def chunk(dist_opt, overlap):
+        cfg = SimpleNamespace(use_distributed_optimizer=dist_opt, overlap_param_gather=overlap)
+        return SimpleNamespace(ddp_config=cfg, start_param_sync=lambda **kw: calls.append((dist_opt, overlap, kw)))
+
+    make_params_current([chunk(True, True), chunk(True, False), chunk(False, False), SimpleNamespace()])
+    assert calls == [(True, True, {"force_sync": True})]

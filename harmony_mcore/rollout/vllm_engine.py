@@ -133,6 +133,7 @@ class VLLMEngine:
                                      max_model_len=max_model_len, colocated=colocated))
         self.tokenizer = self.llm.get_tokenizer()
         self.sleep_level = cfg.sleep_level
+        self.model_path = model_path
 
     @classmethod
     def from_pretrained(cls, path: str, *, dtype: str = "auto", tp: int = 1, seed: int = 0,
@@ -192,9 +193,18 @@ class VLLMEngine:
         return [int(t) for t in request]
 
     def eos_token_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        gen_eos = self.llm.llm_engine.model_config.hf_config.eos_token_id
-        ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
+        """EOS ids of the tokenizer, config.json and generation_config.json (instruct models list several)."""
+        from transformers import GenerationConfig
+
+        try:
+            generation = GenerationConfig.from_pretrained(self.model_path)
+        except OSError:  # no generation_config.json
+            generation = None
+        ids = set()
+        for source in (self.tokenizer, self.llm.llm_engine.model_config.hf_config, generation):
+            eos = getattr(source, "eos_token_id", None)
+            if eos is not None:
+                ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
         return ids
 
     def _gather_group(self, items: list) -> tuple[slice, list]:
