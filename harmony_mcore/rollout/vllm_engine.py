@@ -111,6 +111,15 @@ def rollout_tp_groups(world_size: int, tp: int) -> list[list[int]]:
     return [list(range(start, start + tp)) for start in range(0, world_size, tp)]
 
 
+def merge_group_requests(per_rank: list[list], me: int) -> tuple[slice, list]:
+    """(my slice, the requests my vLLM TP group runs). Ranks of a group may pass the same requests
+    (vLLM's convention; they then run once) or different ones (all run, each rank keeps its own)."""
+    if all(x == per_rank[0] for x in per_rank):
+        return slice(0, len(per_rank[me])), per_rank[me]
+    start = sum(len(x) for x in per_rank[:me])
+    return slice(start, start + len(per_rank[me])), [it for x in per_rank for it in x]
+
+
 class VLLMEngine:
     """RolloutEngine on a colocated vLLM (see module docstring)."""
 
@@ -151,8 +160,7 @@ class VLLMEngine:
             raise ValueError(f"SamplingParams.request_seeds has {len(seeds)} entries for {len(prompts)} requests")
         stop_default = sorted(self.eos_token_ids())
         items = [(p, vllm_sampling_kwargs(params, i, s, stop_default)) for i, (p, s) in enumerate(zip(prompts, seeds))]
-        # One vLLM TP engine spans several trainer ranks with different requests: run them all,
-        # everywhere in the group, and keep our own.
+        # One vLLM TP engine spans several trainer ranks: all of them must submit the same requests.
         mine, everyone = self._gather_group(items)
         outputs = self.llm.generate([{"prompt_token_ids": p} for p, _ in everyone],
                                     [VllmSamplingParams(**kw) for _, kw in everyone], use_tqdm=False)
@@ -214,6 +222,4 @@ class VLLMEngine:
 
         per_rank: list[list] = [None] * self.tp  # type: ignore[list-item]
         dist.all_gather_object(per_rank, items, group=self.group)
-        me = dist.get_rank(self.group)
-        start = sum(len(x) for x in per_rank[:me])
-        return slice(start, start + len(items)), [it for x in per_rank for it in x]
+        return merge_group_requests(per_rank, dist.get_rank(self.group))
