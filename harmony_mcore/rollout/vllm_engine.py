@@ -174,7 +174,7 @@ class VLLMEngine:
             raise NotImplementedError("vLLM prompt log-probs come from raw logits: score at temperature 1.0")
         items = [(list(s), None) for s in sequences]
         mine, everyone = self._gather_group(items)
-        sp = VllmSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        sp = VllmSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
         outputs = self.llm.generate([{"prompt_token_ids": s} for s, _ in everyone], sp, use_tqdm=False)
         scores = [torch.tensor([float(step[tok].logprob) for step, tok in zip(out.prompt_logprobs[1:], s[1:])])
                   for (s, _), out in zip(everyone, outputs)]
