@@ -1,0 +1,5 @@
+"""Distributed start-up (torchrun/Slurm), Megatron parallel state, and CPU/gloo compatibility."""
+
+from harmony_mcore.parallel.distributed import destroy_distributed, device, init_distributed, launch_env
+
+__all__ = ["init_distributed", "destroy_distributed", "launch_env", "device"]
