@@ -13,11 +13,11 @@ label-free stage starts where consensus beats single samples (shared/probes/ttrl
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import random
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,16 +166,16 @@ def pretrained_model_dir(hf_config: dict, *, steps: int, lr: float, batch: int, 
     key = json.dumps({"v": TOY_VERSION, "cfg": hf_config, "steps": steps, "lr": lr, "batch": batch, "seed": seed},
                      sort_keys=True)
     target = cache_root(cache_dir) / f"toy-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if (target / "config.json").is_file():
-        return target
-    log(f"pretraining the toy model ({steps} steps; cached in {target})")
-    model = pretrain(hf_config, tokenizer, steps=steps, lr=lr, batch=batch, seed=seed)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-toy-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.rename(tmp, target)  # atomic; a concurrent builder that won the race keeps its copy
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Several processes (the ranks of a run, parallel runs) may ask at once: one builds, the others wait.
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").is_file():
+            return target
+        log(f"pretraining the toy model ({steps} steps, once; cached in {target})")
+        model = pretrain(hf_config, tokenizer, steps=steps, lr=lr, batch=batch, seed=seed)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-toy-"))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.rename(tmp, target)  # atomic: a killed build leaves only a .tmp directory
     return target
