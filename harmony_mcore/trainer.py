@@ -208,8 +208,10 @@ class Trainer:
         self.stop_requested = True
 
     def _should_stop(self) -> bool:
-        """Every rank agrees (a signal may reach only some); Slurm's batch script may also drop a STOP file."""
-        flag = torch.tensor([float(self.stop_requested or (self.out / "STOP").exists())])
+        """Every rank agrees (a signal may reach only some). slurm/train.sbatch asks by creating
+        $HARMONY_STOP_FILE; <output_dir>/STOP works anywhere."""
+        files = [self.out / "STOP"] + ([Path(os.environ["HARMONY_STOP_FILE"])] if os.environ.get("HARMONY_STOP_FILE") else [])
+        flag = torch.tensor([float(self.stop_requested or any(f.exists() for f in files))])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.gloo)
         return bool(flag.item())
 
