@@ -208,3 +208,23 @@ def test_cli_json_and_errors(capsys):
     assert "peak: train" in out and "smallest layout that fits" in out
     assert plan.main(["qwen3-8b-math500", "parallel.tp=3"]) == 2
     assert "not a multiple of parallel.tp" in capsys.readouterr().err
+
+
+def test_gpu_policy_check_prints_the_plan_for_its_own_setup():
+    """benchmarks/gpu_policy_check.py reports the plan next to max_memory_allocated; its estimate is
+    20 bytes per parameter (bf16 weights, fp32 grads, 12 of Adam, bf16 reference) plus 28 layers of
+    activations and the logits, with the parameter count taken from transformers."""
+    import importlib.util
+
+    from harmony_mcore.config import ParallelConfig
+
+    spec = importlib.util.spec_from_file_location("gpu_policy_check", REPO / "benchmarks/gpu_policy_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    hf = bench.QWEN3_1P7B
+    assert hf["vocab_size"] % 128 == 0 and hf["tie_word_embeddings"]  # no padding, one embedding copy
+    m = plan.ModelShape.from_hf(hf)
+    act = plan.layer_activation_bytes(m, bench.SEQ, 1, tp=1, sp=False, recompute="selective", flash=False)
+    expected = 20 * _hf_param_count(hf) + 28 * act + bench.SEQ * hf["vocab_size"] * 6
+    par = ParallelConfig(tp=1, pp=1, micro_batch_size=1, distributed_optimizer=True)
+    assert bench.plan_estimate_gib(par, "selective") == pytest.approx(expected / 2**30, rel=1e-12)
