@@ -100,8 +100,10 @@ def declared_requirements(c: Component) -> list[str]:
 
 
 def probe_gpus() -> GpuInfo:
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # reported as missing in the table
+        return GpuInfo()
     info = GpuInfo(cuda=torch.version.cuda)
     if not torch.cuda.is_available():
         return info

@@ -4,8 +4,8 @@ Everything here is a pure function of the model's HF config and the run config, 
 laptop before any cluster hours are spent. The formulas (and the assumptions behind each
 constant) are stated in docs/ops.md with a worked example (Qwen3-8B on 8xH100) that a test pins.
 
-Memory is per rank, in bytes, for the pipeline stage that needs most; every sequence is assumed
-to be at its maximum length (prompt + response), the worst case a run will meet.
+Memory is per rank, in bytes, for each pipeline stage; every sequence is assumed to be at its
+maximum length (prompt + response), the worst case a run will meet.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Assumptions:
     grad_bytes: int = 4  # Megatron DDP main_grad buffers are fp32 for bf16 training
     optim_bytes: int = 12  # Adam: fp32 master weights + exp_avg + exp_avg_sq
     logit_bytes: int = 6  # bf16 logits + fp32 log-softmax kept for backward, per vocab entry
-    flash_attention: bool = True  # fused attention keeps no s x s scores (always true on GPU)
+    flash_attention: bool = True  # TE's fused attention keeps no s x s scores; the local spec's unfused one does
     vocab_multiple: int = 128  # Megatron pads the vocabulary to a multiple of this x TP
 
 
@@ -307,10 +307,11 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
         rollout_mem = engine_weights + kv_pool
     concurrent = min(max(kv_pool, 0) // (kv_token * s), seqs_per_engine)
 
+    optim_bytes = a.optim_bytes if param_bytes < 4 else a.optim_bytes - 4  # fp32 weights are their own master copy
     stages = []
     for stage, n in enumerate(params_per_rank(m, lay.tp, lay.pp, a.vocab_multiple)):
         weights, grads, reference = n * param_bytes, n * a.grad_bytes, n * param_bytes
-        optim = n * a.optim_bytes // (lay.dp if lay.distributed_optimizer else 1)
+        optim = n * optim_bytes // (lay.dp if lay.distributed_optimizer else 1)
         act_layer = layer_activation_bytes(m, s, b, lay.tp, lay.sequence_parallel, lay.recompute, a.flash_attention)
         full_layer = layer_activation_bytes(m, s, b, lay.tp, lay.sequence_parallel, "none", a.flash_attention)
         activations = int(act_layer * layers * inflight_microbatches(stage, lay.pp, lay.vpp, microbatches))
@@ -321,7 +322,7 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
         ref_on_gpu = 0 if lay.offload_reference else reference
         stages.append({
             "stage": stage, "params": n, "weights": weights, "grads": grads, "optimizer": optim,
-            "optimizer_without_dist": n * a.optim_bytes, "optimizer_with_dist": n * a.optim_bytes // lay.dp,
+            "optimizer_without_dist": n * optim_bytes, "optimizer_with_dist": n * optim_bytes // lay.dp,
             "reference": reference, "reference_on_gpu": ref_on_gpu,
             "activation_per_layer_microbatch": act_layer, "activations": activations, "logits": logits,
             "peak_generate": resident + ref_on_gpu + rollout_mem,
@@ -503,11 +504,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--gpus", type=int, help="GPUs in the job (default: the preset's `fits` note, else TP*PP*DP)")
     ap.add_argument("--mfu", type=float, default=Assumptions.mfu, help="MFU for the step-time floor")
     ap.add_argument("--headroom", type=float, default=Assumptions.headroom, help="share of GPU memory kept free")
+    ap.add_argument("--unfused-attention", action="store_true",
+                    help="no Transformer Engine on the cluster: the local spec keeps the s x s attention scores")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = ap.parse_args(argv)
+    assumptions = Assumptions(mfu=args.mfu, headroom=args.headroom, flash_attention=not args.unfused_attention)
     try:
         cfg = load_config(args.config, args.overrides)
-        p, source, suggestion = plan_run(cfg, args.gpus, Assumptions(mfu=args.mfu, headroom=args.headroom))
+        p, source, suggestion = plan_run(cfg, args.gpus, assumptions)
     except ConfigError as e:
         print(f"harmony plan: {e}", file=sys.stderr)
         return 2
