@@ -72,9 +72,17 @@ class RolloutConfig:
     bucket_mb: int = 512  # weight-sync bucket size
     logprob_check_every: int = 0  # steps between engine-vs-trainer log-prob checks (0 = off)
     logprob_check_tolerance: float = 0.1
+    logprob_check_sequences: int = 4  # sequences scored by both engine and trainer in each check
+    enforce_eager: bool = False  # vLLM: skip CUDA-graph capture (slower decode, faster start)
+    vllm_extra: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM(...) keyword arguments
 
     def validate(self) -> None:
         _check(self.engine in ("auto", "vllm", "torch"), f"rollout.engine={self.engine!r}: use auto, vllm or torch")
+        _check(self.tp >= 1, "rollout.tp must be >= 1")
+        _check(self.sleep_level in (1, 2), f"rollout.sleep_level={self.sleep_level}: use 1 (weights kept on host) or 2 (dropped)")
+        _check(self.logprob_check_every >= 0, "rollout.logprob_check_every must be >= 0 (0 = off)")
+        _check(self.logprob_check_tolerance > 0, "rollout.logprob_check_tolerance must be > 0")
+        _check(self.logprob_check_sequences >= 1, "rollout.logprob_check_sequences must be >= 1")
         _check(self.n >= 1, "rollout.n must be >= 1")
         _check(self.temperature > 0, "rollout.temperature must be > 0 (use eval.greedy for greedy decoding)")
         _check(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")
@@ -97,13 +105,24 @@ class ConsensusConfig:
     workers: int = 2
 
     def validate(self) -> None:
+        from harmony_mcore.consensus.strategies import STRATEGIES
+
+        names = ", ".join(STRATEGIES)
+        _check(self.strategy in STRATEGIES, f"consensus.strategy={self.strategy!r}: use one of {names}")
+        _check(self.warmup_strategy is None or self.warmup_strategy in STRATEGIES,
+               f"consensus.warmup_strategy={self.warmup_strategy!r}: use one of {names}, or null for no warmup")
         for key in ("match", "reward_match"):
             value = getattr(self, key)
             _check(value in ("math", "normalized", "exact") or (key == "reward_match" and value is None),
                    f"consensus.{key}={value!r}: use math, normalized or exact")
         _check(not (self.power_k is not None and self.power_lambda is not None),
                "set only one of consensus.power_k and consensus.power_lambda")
+        uses_power = "power-mean" in (self.strategy, self.warmup_strategy)
+        _check(not uses_power or self.power_k is not None or self.power_lambda is not None,
+               "consensus.strategy=power-mean needs consensus.power_k or consensus.power_lambda "
+               "(k = 1 - lambda; lambda=2 is the harmonic mean)")
         _check(0.0 <= self.pi <= 1.0, "consensus.pi must be in [0, 1]")
+        _check(self.warmup_steps >= 0, "consensus.warmup_steps must be >= 0")
         _check(self.timeout_s > 0, "consensus.timeout_s must be > 0")
 
 
@@ -113,6 +132,7 @@ class AlgorithmConfig:
     reward: str = "pseudo-label"  # pseudo-label | intuitor | rent | gt
     reframe_reward: bool = True  # augmented GRPO reward on the reframe view
     soft_reframe_reward: bool = False
+    soft_top_k: int = 8  # candidates that get a soft reward: 1 - rank/(k-1) (reference: 8)
     format_penalty: float = 0.1
     sharpness_coef: float = 0.1
     normalize_adv_std: bool = True
@@ -132,6 +152,8 @@ class AlgorithmConfig:
         self.consensus.validate()
         _check(self.reward in ("pseudo-label", "intuitor", "rent", "gt"),
                f"algorithm.reward={self.reward!r}: use pseudo-label, intuitor, rent or gt")
+        _check(self.soft_top_k >= 1, "algorithm.soft_top_k must be >= 1")
+        _check(self.format_penalty >= 0, "algorithm.format_penalty must be >= 0 (0 turns it off)")
         _check(self.lr > 0, "algorithm.lr must be > 0")
         _check(0 <= self.clip_low < 1 and self.clip_high >= 0, "algorithm.clip_low must be in [0, 1), clip_high >= 0")
         _check(self.dual_clip is None or self.dual_clip > 1, "algorithm.dual_clip must be > 1 or null")

@@ -1,0 +1,135 @@
+"""HF safetensors -> Megatron-Core torch_dist checkpoint, streaming one tensor at a time.
+
+Output layout:
+    OUT/metadata.json, common.pt, .metadata, __0_0.distcp   the dist checkpoint (any TP/PP loads it)
+    OUT/hf/                                                 config.json, tokenizer, generation config
+    OUT/harmony_convert.json                                what was converted, how
+Vocabulary rows are stored unpadded: megatron marks embedding/output tensors `allow_shape_mismatch`
+and zero-fills the padding of whatever padded size the loading model uses. Chunks are cut at the
+TP boundaries of `--tp`, so loading at that TP reads no bytes it does not need (any TP still works).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from conversion.common import HF_SUBDIR, INFO_NAME, ConversionError, atomic_output, copy_side_files, read_hf_config
+from harmony_mcore.bridge.dist_ckpt import Chunk, write_checkpoint
+from harmony_mcore.bridge.mapping import GATE_UP, REPLICATED, ROW, Mapping, get_mapping
+from harmony_mcore.bridge.safetensors_io import SafetensorsReader
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def check_names_and_shapes(mapping: Mapping, reader: SafetensorsReader) -> None:
+    """Every HF tensor the model needs is present with the config's shape, and nothing else is."""
+    expected, present = mapping.hf_shapes, reader.tensors
+    missing = [n for n in expected if n not in present]
+    extra = sorted(n for n in present if n not in expected and not mapping.is_ignorable_hf(n))
+    if missing:
+        raise ConversionError(f"{reader.dir}: missing tensors for {mapping.arch}: {missing[:8]}"
+                              f"{' ...' if len(missing) > 8 else ''} (incomplete download, or config.json "
+                              "does not match the weights)")
+    if extra:
+        raise ConversionError(f"{reader.dir}: tensors not used by {mapping.arch}: {extra[:8]}"
+                              f"{' ...' if len(extra) > 8 else ''} (config.json does not match the weights, "
+                              "or an unsupported variant)")
+    for name, shape in expected.items():
+        if present[name].shape != shape:
+            raise ConversionError(f"{present[name].path}: {name} has shape {present[name].shape}, config.json "
+                                  f"implies {shape}")
+
+
+def _pieces(layout: str, shape: tuple[int, ...], tp: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(offsets, sizes) of the blocks that the ranks of a TP=`tp` model hold; one if replicated."""
+    if layout == REPLICATED or tp == 1:
+        return [((0,) * len(shape), shape)]
+    dim = 1 if layout == ROW else 0
+    n = 2 * tp if layout == GATE_UP else tp  # fc1 ranks hold a gate block and an up block
+    edges = [k * shape[dim] // n for k in range(n + 1)]  # uneven only for unpadded vocab rows
+    return [(tuple(edges[k] if d == dim else 0 for d in range(len(shape))),
+             tuple(edges[k + 1] - edges[k] if d == dim else shape[d] for d in range(len(shape))))
+            for k in range(n)]
+
+
+def plan_chunks(mapping: Mapping, dtypes: dict[str, torch.dtype], tp: int) -> dict[tuple, tuple[str, Chunk]]:
+    """(key, offsets) -> (megatron name, chunk), layer by layer in model order."""
+    plan = {}
+    for name in mapping.mcore_names():
+        rule, layer = mapping.rule(name)
+        shape = mapping.mcore_shape(name)
+        for offsets, sizes in _pieces(rule.tp, shape, tp):
+            if layer is None:
+                chunk = Chunk(rule.checkpoint_key, shape, dtypes[name], offsets, sizes)
+            else:
+                chunk = Chunk(rule.checkpoint_key, (mapping.num_layers, *shape), dtypes[name],
+                              (layer, *offsets), (1, *sizes))
+            plan[(chunk.key, chunk.offsets)] = (name, chunk)
+    return plan
+
+
+class _Producer:
+    """Builds each megatron tensor from HF tensors once and cuts it into its planned chunks."""
+
+    def __init__(self, mapping: Mapping, reader: SafetensorsReader, plan: dict, dtypes: dict[str, torch.dtype]):
+        self.mapping, self.reader, self.plan, self.dtypes = mapping, reader, plan, dtypes
+        self._cached: tuple[str, torch.Tensor] | None = None  # DCP asks for a tensor's chunks in a row
+
+    def __call__(self, chunk: Chunk) -> torch.Tensor:
+        name, _ = self.plan[(chunk.key, chunk.offsets)]
+        if self._cached is None or self._cached[0] != name:
+            self._cached = None  # free the previous tensor before reading the next
+            srcs = [self.reader.get(n) for n in self.mapping.hf_sources(name)]
+            full = self.mapping.hf_to_mcore(name, srcs).to(self.dtypes[name])
+            self._cached = (name, full)
+        full = self._cached[1]
+        per_layer = len(chunk.sizes) == full.dim() + 1
+        offsets, sizes = (chunk.offsets[1:], chunk.sizes[1:]) if per_layer else (chunk.offsets, chunk.sizes)
+        block = full
+        for dim, (o, n) in enumerate(zip(offsets, sizes)):
+            if n != full.shape[dim]:
+                block = block.narrow(dim, o, n)
+        block = block if block is full else block.contiguous().clone()
+        return block.unsqueeze(0) if per_layer else block
+
+
+def convert(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, dtype: str | None = None,
+            overwrite: bool = False, log=print) -> dict:
+    """Convert an HF model directory into a Megatron-Core checkpoint at `out`; returns the summary."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    if not hf_dir.is_dir():
+        raise ConversionError(f"--hf {hf_dir}: no such directory")
+    if tp < 1 or pp < 1:
+        raise ConversionError("--tp and --pp must be >= 1")
+    if out.exists() and not overwrite:  # fail before reading gigabytes
+        raise ConversionError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+    config = read_hf_config(hf_dir)
+    mapping = get_mapping(config)
+    mapping.check_tp(tp)
+    if mapping.num_layers % pp:
+        raise ConversionError(f"--pp {pp} does not divide num_hidden_layers={mapping.num_layers}: pick a PP "
+                              "that divides it")
+    reader = SafetensorsReader(hf_dir)
+    check_names_and_shapes(mapping, reader)
+    dtypes = {}
+    for name in mapping.mcore_names():
+        src = {reader.tensors[n].dtype for n in mapping.hf_sources(name)}
+        if len(src) > 1 and dtype is None:
+            raise ConversionError(f"{name}: HF sources have mixed dtypes {sorted(map(str, src))}; pass --dtype")
+        dtypes[name] = DTYPES[dtype] if dtype else src.pop()
+    plan = plan_chunks(mapping, dtypes, tp)
+    start = time.perf_counter()
+    with atomic_output(out, overwrite) as tmp:
+        write_checkpoint(tmp, [c for _, c in plan.values()], _Producer(mapping, reader, plan, dtypes))
+        side = copy_side_files(hf_dir, tmp / HF_SUBDIR)
+        info = {"direction": "hf-to-mcore", "source": str(hf_dir.resolve()), "architecture": mapping.arch,
+                "tp_layout": tp, "pp_checked": pp, "dtype": sorted({str(d) for d in dtypes.values()}),
+                "vocab_rows": mapping.vocab, "chunks": len(plan), "hf_files": side}
+        (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    info["seconds"] = round(time.perf_counter() - start, 3)
+    log(f"wrote {out} ({mapping.arch}, {mapping.num_layers} layers, {len(plan)} chunks) in {info['seconds']} s")
+    return info

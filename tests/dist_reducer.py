@@ -1,0 +1,102 @@
+"""Run under torchrun (tests/test_reducer_dist.py): the gloo reducer against the single-process
+computation of the whole batch, an empty rank, malformed answers, and a failure on one rank."""
+
+import os
+import sys
+import time
+from dataclasses import replace
+
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from consensus_support import ExactClasses, synthetic_records  # noqa: E402
+
+from harmony_mcore.config import AlgorithmConfig  # noqa: E402
+from harmony_mcore.consensus.reducer import Record, Reducer, compute_batch  # noqa: E402
+from harmony_mcore.consensus.strategies import strategy_from_config  # noqa: E402
+from harmony_mcore.rewards import RewardOptions  # noqa: E402
+
+
+def shard(records, rank, world, empty_rank=None):
+    """Uneven contiguous shards; `empty_rank` gets nothing."""
+    owners = [r for r in range(world) if r != empty_rank]
+    cuts = [0] + [len(records) * (k + 1) * (k + 2) // (len(owners) * (len(owners) + 1)) for k in range(len(owners))]
+    if rank not in owners:
+        return 0, 0
+    k = owners.index(rank)
+    return cuts[k], cuts[k + 1]
+
+
+def expected(records, algo):
+    return compute_batch(records, equivalence=ExactClasses(), strategy=strategy_from_config(algo.consensus),
+                         reward=algo.reward, options=RewardOptions.from_config(algo))
+
+
+def check(records, algo, rank, world, empty_rank=None):
+    lo, hi = shard(records, rank, world, empty_rank)
+    red = Reducer(algo, equivalence=ExactClasses() if rank == 0 else None)
+    rewards, metrics = red(records[lo:hi], step=100)
+    want = expected(records, algo)
+    assert rewards == want.rewards[lo:hi], (rank, rewards, want.rewards[lo:hi])
+    for key, value in want.metrics.items():
+        if not key.startswith("time/"):
+            assert metrics[key] == value, (key, metrics[key], value)
+    return metrics
+
+
+def main():
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    algo = AlgorithmConfig()  # harmonic-mean, format penalty 0.1, sharpness 0.1
+    records = synthetic_records(n_problems=30, n=8, views=2, seed=7)
+    for i, r in enumerate(records):
+        r.format_score = (i % 4) / 3 if r.view else None
+    check(records, algo, rank, world)
+    with_gt = [replace(r, ground_truth=r.ground_truth or "0") for r in records]
+    check(with_gt, AlgorithmConfig(reward="gt"), rank, world, empty_rank=1)
+    algo.consensus.strategy = "cross"
+    check(records, algo, rank, world, empty_rank=0)
+
+    # one step at the paper's scale: 128 problems x 2 views x 16 samples, realistic answer strings
+    big = synthetic_records(n_problems=128, n=16, views=2, seed=11)
+    for r in big:
+        if isinstance(r.answer, str):
+            r.answer = r.answer + " \\frac{" + "x" * 20 + "}"
+    dist.barrier()  # time the collectives, not the ranks' arrival
+    t0 = time.perf_counter()
+    metrics = check(big, AlgorithmConfig(), rank, world)
+    if rank == 0:
+        print(f"reducer {len(big)} records on {world} ranks: gather {metrics['time/gather_s'] * 1e3:.1f} ms, "
+              f"reduce total {metrics['time/reduce_s'] * 1e3:.1f} ms, wall {(time.perf_counter() - t0) * 1e3:.1f} ms")
+
+    # real math equivalence on rank 0, with answers that hang or blow up math-verify: the step
+    # finishes, bounded by the per-call timeout, and the incidents are counted
+    from harmony_mcore.answers import Equivalence
+
+    eq = Equivalence("math", timeout_s=1.0, workers=1) if rank == 0 else None
+    hostile = [Record("h", rank % 2, a) for a in ("12", "(10^{10})!", "9" * 100_000, "\\frac{24}{2}")]
+    rewards, metrics = Reducer(AlgorithmConfig(), equivalence=eq)(hostile, step=0)
+    # label 12 (= 24/2) in both views; half of each view matches it, so the sharpness penalty is 0
+    assert rewards == [1.0, 0.0, 0.0, 1.0], rewards
+    assert metrics["equivalence/timeouts"] + metrics["equivalence/failures"] >= 1, metrics
+    assert metrics["equivalence/rejected_too_long"] >= 1, metrics
+    if eq is not None:
+        eq.close()
+
+    # a bad record on the last rank fails every rank with the reason, instead of hanging them
+    bad = [Record("x", 0, "1")] if rank != world - 1 else [Record("x", -3, "1")]
+    try:
+        Reducer(AlgorithmConfig(), equivalence=ExactClasses() if rank == 0 else None)(bad, step=0)
+    except RuntimeError as e:
+        assert "view must be an integer" in str(e), e
+    else:
+        raise AssertionError("the reducer accepted a record with view -3")
+    dist.barrier()
+    if rank == 0:
+        print("DIST_REDUCER_OK")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harmony_mcore.algo.loss import grpo_advantages
+from harmony_mcore.config import AlgorithmConfig, ConfigError
+from harmony_mcore.consensus.strategies import get_strategy
+from harmony_mcore.rewards import (
+    REWARDS, ProblemRollouts, RewardOptions, format_score, get_reward, problem_rewards, response_mean,
+    sharpness_penalty, soft_rank_rewards, token_entropy, view_has_policy_gradient,
+)
+
+PL = get_reward("pseudo-label")
+
+
+def test_pseudo_label_rewards_per_view_and_no_label():
+    p = ProblemRollouts(classes=[[0, 1, None, 0], [0, 0, 2]])
+    vote = get_strategy("harmonic-mean")(p.classes)
+    assert problem_rewards(p, vote, PL, RewardOptions()) == [[1, 0, 0, 1], [1, 1, 0]]
+    none = ProblemRollouts(classes=[[0, 0], [1, 1]])
+    assert problem_rewards(none, get_strategy("harmonic-mean")(none.classes), PL, RewardOptions()) == [[0, 0], [0, 0]]
+    # per-view labels (cross): view 0 is judged by view 1's majority and vice versa
+    q = ProblemRollouts(classes=[[0, 0, 1], [1, 1, 0]])
+    assert problem_rewards(q, get_strategy("cross")(q.classes), PL, RewardOptions()) == [[0, 0, 1], [0, 0, 1]]
+
+
+def test_reframe_reward_off_zeroes_the_view_and_turns_off_its_policy_gradient():
+    opts = RewardOptions(reframe_reward=False, format_penalty=0.1, sharpness_coef=0.1)
+    p = ProblemRollouts(classes=[[0, 1], [0, 0]], format_scores=[[None, None], [0.0, 1.0]])
+    r = problem_rewards(p, get_strategy("majority")(p.classes), PL, opts)
+    assert r[1] == [0.0, 0.0]
+    assert view_has_policy_gradient(0, opts) and not view_has_policy_gradient(1, opts)
+    assert view_has_policy_gradient(1, RewardOptions())
+
+
+def test_soft_rank_reward_reference_example():
+    # O = {5,5,5,7}, A = {7,7,5,9}: harmonic scores 5: 3/8, 7: 1/3, 9: 0 (only in A) -> ranks 0, 1, 2
+    views = [[0, 0, 0, 1], [1, 1, 0, 2, None]]
+    r = soft_rank_rewards(views, views[1], top_k=8)
+    assert r == pytest.approx([6 / 7, 6 / 7, 1.0, 5 / 7, 0.0])  # 5/7 = 0.714: the reference's quirk
+    assert soft_rank_rewards(views, views[1], top_k=2) == pytest.approx([0.0, 0.0, 1.0, 0.0, 0.0])
+    opts = RewardOptions(soft_reframe_reward=True)
+    p = ProblemRollouts(classes=views)
+    out = problem_rewards(p, get_strategy("harmonic-mean")(views), PL, opts)
+    assert out[0] == [1, 1, 1, 0] and out[1] == pytest.approx(r)
+
+
+@pytest.mark.parametrize("text,f", [
+    ("STRATEGY: Reverse\nREWRITTEN PROBLEM: Start from 12 and undo.\nSOLUTION: 12/3 = 4, so \\boxed{4}", 1.0),
+    ("**STRATEGY:** Concretize\n**REWRITTEN PROBLEM:** Ann has 3 apples...\n**SOLUTION:** \\boxed{3}", 1.0),
+    ("strategy: pov shift\nrewritten problem: As the triangle, I...\nsolution: \\boxed{2}", 1.0),
+    ("STRATEGY: Reverse\nREWRITTEN PROBLEM: Find x in [0,1] with x^2 = 1/4.\nSOLUTION: \\boxed{1/2}", 1.0),
+    ("STRATEGY: Reverse\nREWRITTEN PROBLEM: [rewritten problem here]\nSOLUTION: \\boxed{4}", 2 / 3),
+    ("STRATEGY: ...\nREWRITTEN PROBLEM: <placeholder>\nSOLUTION: \\boxed{4}", 1 / 3),
+    ("STRATEGY: Generalize\nSOLUTION: n(n+1)/2 gives \\boxed{55}", 2 / 3),
+    ("STRATEGY:\nREWRITTEN PROBLEM:\nSOLUTION:", 0.0),
+    ("The answer is \\boxed{4}", 0.0),
+])
+def test_format_score(text, f):
+    assert format_score(text) == pytest.approx(f)
+
+
+def test_format_penalty_applies_to_reframe_views_only():
+    p = ProblemRollouts(classes=[[0, 0], [0, 1]], format_scores=[[0.0, 0.0], [1 / 3, 1.0]])
+    r = problem_rewards(p, get_strategy("harmonic-mean")(p.classes), PL, RewardOptions(format_penalty=0.3))
+    assert r[0] == [1, 1] and r[1] == pytest.approx([1 - 0.3 * 2 / 3, 0.0])
+    # baselines stay unshaped
+    gt = ProblemRollouts(classes=p.classes, gt_correct=[[True, False], [True, True]], format_scores=p.format_scores)
+    assert problem_rewards(gt, get_strategy("harmonic-mean")(p.classes), get_reward("gt"),
+                           RewardOptions(format_penalty=0.3)) == [[1, 0], [1, 1]]
+
+
+def test_sharpness_penalty_values():
+    assert sharpness_penalty(8, 16) == 0.0 and sharpness_penalty(0, 16) == 1.0 and sharpness_penalty(16, 16) == 1.0
+    assert sharpness_penalty(4, 16) == pytest.approx(0.25) and sharpness_penalty(4, 8) == 0.0  # reference: 4 of 8
+    assert sharpness_penalty(0, 0) == 0.0
+
+
+@given(st.lists(st.lists(st.one_of(st.none(), st.integers(0, 3)), min_size=2, max_size=16), min_size=2, max_size=2),
+       st.booleans())
+def test_sharpness_shifts_rewards_but_cancels_in_grpo(views, normalize_std):
+    """The sharpness term is a constant per (view, problem) group: GRPO's mean subtraction removes
+    it, so advantages (what trains) do not change; logged rewards do, by coef * penalty."""
+    p = ProblemRollouts(classes=views)
+    vote = get_strategy("harmonic-mean")(views)
+    plain = problem_rewards(p, vote, PL, RewardOptions())
+    sharp = problem_rewards(p, vote, PL, RewardOptions(sharpness_coef=0.5))
+    for v, (a, b) in enumerate(zip(plain, sharp)):
+        c = sum(1 for x in views[v] if vote.labels[v] is not None and x == vote.labels[v])
+        pen = sharpness_penalty(c, len(views[v]))
+        assert sum(b) / len(b) == pytest.approx(sum(a) / len(a) - 0.5 * pen)
+        groups = torch.zeros(len(a), dtype=torch.long)
+        adv_a = grpo_advantages(torch.tensor(a), groups, normalize_std=normalize_std)
+        adv_b = grpo_advantages(torch.tensor(b), groups, normalize_std=normalize_std)
+        assert torch.allclose(adv_a, adv_b, atol=1e-5)
+
+
+def test_sharpness_changes_a_singleton_group():
+    # What it does change: a group of one response (mean 0, std 1 by convention) keeps the shift.
+    p = ProblemRollouts(classes=[[0], [0]])
+    vote = get_strategy("harmonic-mean")(p.classes)
+    r = problem_rewards(p, vote, PL, RewardOptions(sharpness_coef=0.1))
+    adv = grpo_advantages(torch.tensor(r[0]), torch.zeros(1, dtype=torch.long))
+    assert adv.item() == pytest.approx(1 - 0.1 * sharpness_penalty(1, 1), rel=1e-5) and adv.item() < 0.95
+
+
+def test_gt_and_value_sources():
+    p = ProblemRollouts(classes=[[0, 1]], gt_correct=[[False, True]], values=[[0.5, -2.0]])
+    vote = get_strategy("ttrl")(p.classes)
+    assert problem_rewards(p, vote, get_reward("gt"), RewardOptions()) == [[0, 1]]
+    assert problem_rewards(p, vote, get_reward("intuitor"), RewardOptions()) == [[0.5, -2.0]]
+    with pytest.raises(ValueError, match="ground truth"):
+        problem_rewards(ProblemRollouts(classes=[[0]]), vote, get_reward("gt"), RewardOptions())
+    with pytest.raises(ValueError, match="token_fn"):
+        problem_rewards(ProblemRollouts(classes=[[0]], values=[[None]]), vote, get_reward("rent"), RewardOptions())
+
+
+def test_token_signals_against_torch_distributions():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11) * 3
+    V = logits.shape[-1]
+    uniform = torch.distributions.Categorical(probs=torch.full_like(logits, 1 / V))
+    policy = torch.distributions.Categorical(logits=logits)
+    kl_u_p = torch.distributions.kl_divergence(uniform, policy)
+    assert torch.allclose(REWARDS["intuitor"].token_fn(logits), kl_u_p + math.log(V), atol=1e-5)
+    assert torch.allclose(token_entropy(logits), policy.entropy(), atol=1e-5)
+    assert torch.allclose(REWARDS["rent"].token_fn(logits), -policy.entropy(), atol=1e-5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    vals = torch.randn(3, 5)
+    assert torch.allclose(response_mean(vals, mask), torch.stack([vals[0, :3].mean(), vals[1, 0], torch.tensor(0.0)]))
+
+
+def test_registry_matches_config_and_errors():
+    for name in REWARDS:
+        AlgorithmConfig(reward=name).validate()
+    with pytest.raises(ConfigError):
+        AlgorithmConfig(reward="nope").validate()
+    with pytest.raises(ValueError, match="pseudo-label, gt, intuitor, rent"):
+        get_reward("nope")
+    opts = RewardOptions.from_config(AlgorithmConfig(soft_top_k=4, reframe_reward=False))
+    assert opts.soft_top_k == 4 and not opts.reframe_reward and opts.format_penalty == 0.1
