@@ -363,6 +363,8 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
         "hardware": asdict(hw), "assumptions": asdict(a), "param_bytes": param_bytes,
         "params_total": total_params(m), "microbatches_per_dp_rank": microbatches,
         "stages": stages, "worst_stage": worst["stage"], "binding_phase": binding, "peak": peak, "limit": limit,
+        # Host memory of a node of 8 GPUs (or of all of them, if fewer): vLLM level-1 sleep and reference offload.
+        "host_per_node": sum(st["host"] for st in stages) * lay.tp * lay.dp * min(8, lay.gpus) // lay.gpus,
         "rollout": {"engine": w.engine, "engine_weights": engine_weights, "memory": rollout_mem, "kv_pool": kv_pool,
                     "kv_bytes_per_token": kv_token, "engines": engines, "sequences_per_engine": seqs_per_engine,
                     "concurrent_sequences": concurrent, "waves": waves, "max_memory_fraction": max_fraction},
@@ -474,6 +476,7 @@ def render(p: dict[str, Any], source: str, suggestion: tuple[Layout, float] | No
     console.print(f"FLOPs per step: generate {f['generate']:.3g}, log-probs {f['logprob']:.3g}, "
                   f"train {f['train']:.3g}; time floor at {p['assumptions']['mfu']:.0%} MFU: {tf['total']:.0f} s "
                   f"(generate {tf['generate']:.0f}, log-probs {tf['logprob']:.0f}, train {tf['train']:.0f})")
+    console.print(f"host memory per node: {_gib(p['host_per_node'])} GiB (vLLM sleep copies, offloaded reference)")
     verdict = "[green]fits[/]" if p["fits"] else "[red]does not fit[/]"
     console.print(f"peak {_gib(p['peak'])} GiB ({p['binding_phase']}) vs limit {_gib(p['limit'])} GiB: {verdict}")
     for problem in p["problems"]:
