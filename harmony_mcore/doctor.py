@@ -63,7 +63,6 @@ SUPPORTED: tuple[Component, ...] = (
     Component("nvidia-modelopt", ("nvidia-modelopt", "nvidia_modelopt"), "0.33", None, "optional",
               "pip install 'nvidia-modelopt[torch]>=0.33'", "convert quantize"),
 )
-BY_NAME = {c.name: c for c in SUPPORTED}
 
 
 @dataclass
@@ -138,6 +137,10 @@ def needed(cfg: Any, has_gpu: bool) -> dict[str, str]:
     return need
 
 
+def _norm(dist: str) -> str:
+    return dist.lower().replace("_", "-")
+
+
 def combination_problems(versions: dict[str, str | None], requires: dict[str, list[str]]) -> list[str]:
     """Pins that installed components declare on each other (e.g. vLLM on torch) and that the
     installed versions break."""
@@ -149,8 +152,7 @@ def combination_problems(versions: dict[str, str | None], requires: dict[str, li
             req = Requirement(line)
             if req.marker is not None and not req.marker.evaluate({"extra": ""}):
                 continue
-            target = next((c.name for c in SUPPORTED if req.name.lower().replace("_", "-") in
-                           [d.lower().replace("_", "-") for d in c.dists]), None)
+            target = next((c.name for c in SUPPORTED if _norm(req.name) in map(_norm, c.dists)), None)
             found = versions.get(target) if target else None
             if found and not req.specifier.contains(Version(found).public, prereleases=True):
                 problems.append(f"{name} {versions[name]} requires {req.name}{req.specifier}, found {found}: "

@@ -186,6 +186,14 @@ def test_generate_phase_names_the_memory_fraction_fix():
     assert fixed["fits"]
 
 
+def test_shape_from_a_local_config_json(tmp_path):
+    hf = dict(_preset("qwen3-4b-math500").model.hf_config)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    cfg = load_config("qwen3-4b-math500", ["model.hf_config=null", f"model.path={tmp_path}"])
+    p, source, _ = plan.plan_run(cfg)
+    assert source == str(tmp_path / "config.json") and p["params_total"] == _hf_param_count(hf)
+
+
 def test_bad_inputs_name_the_fix():
     with pytest.raises(ConfigError, match="NODESxGPUS_PER_NODExHARDWARE"):
         plan.parse_fits("8xA100")
