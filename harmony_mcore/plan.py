@@ -265,6 +265,7 @@ class Workload:
     rollout_tp: int
     memory_fraction: float  # vLLM's share of each GPU (weights + KV cache + its activations)
     sleep_level: int  # vLLM level 1 keeps a host copy of its weights while asleep
+    mean_seq_len: int | None = None  # average prompt + response tokens, for FLOPs (None = seq_len)
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Workload:
@@ -340,13 +341,18 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
     # The largest vLLM share the generate phase leaves room for, in steps of 0.05.
     max_fraction = math.floor(20 * min(limit - (st["peak_generate"] - rollout_mem) for st in stages) / hw.memory) / 20
 
-    fwd = forward_flops(m, s) * w.sequences
+    # Memory is sized for full-length sequences; FLOPs follow the average length when it is given.
+    fwd = forward_flops(m, w.mean_seq_len or s) * w.sequences
     flops = {"generate": fwd, "logprob": fwd * w.logprob_passes, "train": 3 * fwd}
     rate = a.mfu * hw.bf16_flops * lay.gpus
     waves = math.ceil(seqs_per_engine / concurrent) if concurrent else None
     time_floor = {k: v / rate for k, v in flops.items()}
-    # Decoding reads every weight once per token step: a bandwidth floor the FLOPs do not show.
-    time_floor["generate"] = max(time_floor["generate"], (waves or 0) * w.response_len * engine_weights / hw.hbm_bandwidth)
+    # Decoding reads every weight once per token step: a bandwidth floor the FLOPs do not show. With
+    # continuous batching the steps are the engine's response tokens over the sequences it holds at once.
+    fill = (w.mean_seq_len or s) / s
+    held = min(seqs_per_engine, max(kv_pool, 0) // math.ceil(kv_token * s * fill))
+    decode_steps = math.ceil(seqs_per_engine * w.response_len * fill / held) if held else 0
+    time_floor["generate"] = max(time_floor["generate"], decode_steps * engine_weights / hw.hbm_bandwidth)
 
     problems = []
     if not concurrent:
@@ -367,7 +373,8 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
         "host_per_node": sum(st["host"] for st in stages) * lay.tp * lay.dp * min(8, lay.gpus) // lay.gpus,
         "rollout": {"engine": w.engine, "engine_weights": engine_weights, "memory": rollout_mem, "kv_pool": kv_pool,
                     "kv_bytes_per_token": kv_token, "engines": engines, "sequences_per_engine": seqs_per_engine,
-                    "concurrent_sequences": concurrent, "waves": waves, "max_memory_fraction": max_fraction},
+                    "concurrent_sequences": concurrent, "waves": waves, "decode_steps": decode_steps,
+                    "max_memory_fraction": max_fraction},
         "flops": flops | {"total": sum(flops.values())},
         "time_floor_s": time_floor | {"total": sum(time_floor.values())},
         "fits": not problems, "problems": problems,
@@ -490,11 +497,13 @@ def render(p: dict[str, Any], source: str, suggestion: tuple[Layout, float] | No
             console.print("no layout on these GPUs fits: use more GPUs or shorter sequences")
 
 
-def plan_run(cfg: RunConfig, gpus: int | None = None, a: Assumptions = Assumptions()):
+def plan_run(cfg: RunConfig, gpus: int | None = None, a: Assumptions = Assumptions(),
+             mean_seq_len: int | None = None):
     """(plan, where the shape came from, suggestion or None) for a loaded run config."""
     hf, source = resolve_hf_config(cfg)
     hw = parse_fits(cfg.fits)[1] if cfg.fits else H100
-    m, lay, w = ModelShape.from_hf(hf), layout_from_config(cfg, gpus), Workload.from_config(cfg)
+    m, lay = ModelShape.from_hf(hf), layout_from_config(cfg, gpus)
+    w = replace(Workload.from_config(cfg), mean_seq_len=mean_seq_len)
     param_bytes = 4 if cfg.model.dtype == "fp32" else 2
     p = plan(m, lay, w, hw, a, param_bytes)
     return p, source, (None if p["fits"] else suggest(m, lay, w, hw, a, param_bytes))
@@ -507,6 +516,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--gpus", type=int, help="GPUs in the job (default: the preset's `fits` note, else TP*PP*DP)")
     ap.add_argument("--mfu", type=float, default=Assumptions.mfu, help="MFU for the step-time floor")
     ap.add_argument("--headroom", type=float, default=Assumptions.headroom, help="share of GPU memory kept free")
+    ap.add_argument("--mean-seq-len", type=int,
+                    help="average prompt+response tokens for FLOPs and time (default: the maximum)")
     ap.add_argument("--unfused-attention", action="store_true",
                     help="no Transformer Engine on the cluster: the local spec keeps the s x s attention scores")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -514,7 +525,7 @@ def main(argv: list[str]) -> int:
     assumptions = Assumptions(mfu=args.mfu, headroom=args.headroom, flash_attention=not args.unfused_attention)
     try:
         cfg = load_config(args.config, args.overrides)
-        p, source, suggestion = plan_run(cfg, args.gpus, assumptions)
+        p, source, suggestion = plan_run(cfg, args.gpus, assumptions, args.mean_seq_len)
     except ConfigError as e:
         print(f"harmony plan: {e}", file=sys.stderr)
         return 2

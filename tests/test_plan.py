@@ -108,7 +108,7 @@ def _worked_example() -> dict[str, str]:
 
 def test_worked_example_in_docs():
     doc = _worked_example()
-    assert len(doc) == 16
+    assert len(doc) == 17
     cfg = load_config("qwen3-8b-math500", [
         "parallel.tp=2", "parallel.pp=1", "parallel.vpp=null", "parallel.dp=null", "parallel.sequence_parallel=false",
         "parallel.micro_batch_size=1", "parallel.distributed_optimizer=true", "parallel.offload_reference=true",
@@ -118,6 +118,7 @@ def test_worked_example_in_docs():
     p, source, suggestion = plan.plan_run(cfg, gpus=8)
     st, r = p["stages"][0], p["rollout"]
     ours = {"params_per_rank": st["params"], "concurrent_sequences": r["concurrent_sequences"], "waves": r["waves"],
+            "decode_steps": r["decode_steps"],
             "kv_bytes_per_token": r["kv_bytes_per_token"], "kv_pool": r["kv_pool"],
             "forward_flops_per_sequence": plan.forward_flops(plan.ModelShape.from_hf(cfg.model.hf_config), 4096),
             "fits": str(p["fits"]).lower()}
@@ -236,3 +237,14 @@ def test_gpu_policy_check_prints_the_plan_for_its_own_setup():
     expected = 20 * _hf_param_count(hf) + 28 * act + bench.SEQ * hf["vocab_size"] * 6
     par = ParallelConfig(tp=1, pp=1, micro_batch_size=1, distributed_optimizer=True)
     assert bench.plan_estimate_gib(par, "selective") == pytest.approx(expected / 2**30, rel=1e-12)
+
+
+def test_mean_seq_len_changes_time_not_memory():
+    cfg = load_config("qwen3-8b-math500", ["parallel.micro_batch_size=1", "rollout.gpu_memory_utilization=0.3"])
+    full, _, _ = plan.plan_run(cfg)
+    short, _, _ = plan.plan_run(cfg, mean_seq_len=1024)
+    assert short["peak"] == full["peak"] and short["stages"] == full["stages"]
+    m = plan.ModelShape.from_hf(cfg.model.hf_config)
+    assert short["flops"]["train"] == 3 * 4096 * plan.forward_flops(m, 1024)
+    assert short["rollout"]["decode_steps"] < full["rollout"]["decode_steps"] / 3
+    assert short["time_floor_s"]["total"] < full["time_floor_s"]["total"] / 3
