@@ -17,10 +17,11 @@ import re
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harmony_mcore.config import ConfigError, RunConfig, load_config
 from harmony_mcore.models import families
+from harmony_mcore.preflight import preflight
 
 GiB = 2**30
 
@@ -126,19 +127,29 @@ def parse_fits(note: str) -> tuple[int, Hardware]:
     return int(match[1]) * int(match[2]), HARDWARE[match[3]]
 
 
-def layout_from_config(cfg: RunConfig, gpus: int | None) -> Layout:
-    """The layout on `gpus` GPUs; by default those of the preset's `fits` note, else TP*PP*DP."""
+def job_gpus(cfg: RunConfig, gpus: int | None) -> int:
+    """GPUs of the job: given, else the preset's `fits` note, else TP*PP*DP."""
+    if gpus is not None:
+        return gpus
+    return parse_fits(cfg.fits)[0] if cfg.fits else cfg.parallel.tp * cfg.parallel.pp * (cfg.parallel.dp or 1)
+
+
+def layout_from_config(cfg: RunConfig, gpus: int) -> Layout:
     p = cfg.parallel
-    mp = p.tp * p.pp
-    if gpus is None:
-        gpus = parse_fits(cfg.fits)[0] if cfg.fits else mp * (p.dp or 1)
-    if gpus % mp:
-        raise ConfigError(f"{gpus} GPUs is not a multiple of parallel.tp*parallel.pp={mp}: change --gpus or the layout")
-    if p.dp is not None and p.dp * mp != gpus:
-        raise ConfigError(f"parallel.dp={p.dp} with TP{p.tp}xPP{p.pp} needs {p.dp * mp} GPUs, not {gpus}: "
-                          "set parallel.dp=null or pass --gpus accordingly")
-    return Layout(p.tp, p.pp, p.vpp, gpus // mp, p.sequence_parallel, p.distributed_optimizer,
+    return Layout(p.tp, p.pp, p.vpp, gpus // (p.tp * p.pp), p.sequence_parallel, p.distributed_optimizer,
                   cfg.model.recompute, p.micro_batch_size, p.offload_reference)
+
+
+def preflight_check(cfg: RunConfig, hf: dict[str, Any]) -> Callable[[Layout], None]:
+    """A check that raises the trainer's own ConfigError (harmony_mcore.preflight) for a layout
+    the run would refuse: the plan never plans, or suggests, what cannot start."""
+    def check(lay: Layout) -> None:
+        par = replace(cfg.parallel, tp=lay.tp, pp=lay.pp, vpp=lay.vpp, dp=lay.dp, micro_batch_size=lay.micro_batch_size,
+                      sequence_parallel=lay.sequence_parallel, distributed_optimizer=lay.distributed_optimizer,
+                      offload_reference=lay.offload_reference)
+        preflight(replace(cfg, parallel=par), lay.gpus, hf, on_gpu=True)
+
+    return check
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +392,7 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
     }
 
 
-def candidate_layouts(m: ModelShape, lay: Layout, max_tp: int = 8):
+def candidate_layouts(lay: Layout, max_tp: int = 8):
     """Layouts on the same GPUs, smallest model-parallel size first; at each size the cheap
     memory savers come first (distributed optimizer, reference offload, smaller
     micro-batches), recomputation last."""
@@ -391,26 +402,26 @@ def candidate_layouts(m: ModelShape, lay: Layout, max_tp: int = 8):
         tps = sorted((t for t in range(1, min(mp, max_tp) + 1) if mp % t == 0), key=lambda t: (t != lay.tp, -t))
         for tp in tps:
             pp = mp // tp
-            if m.kv_heads % tp or m.heads % tp or m.layers % pp:
-                continue
-            vpp = lay.vpp if (lay.vpp and pp > 1 and m.layers % (pp * lay.vpp) == 0) else None
             for recompute in dict.fromkeys((lay.recompute, "selective", "full")):
                 mbs = lay.micro_batch_size
                 while mbs >= 1:
-                    yield replace(lay, tp=tp, pp=pp, vpp=vpp, dp=gpus // mp, distributed_optimizer=True,
-                                  offload_reference=True, recompute=recompute, micro_batch_size=mbs,
-                                  sequence_parallel=tp > 1)
+                    yield replace(lay, tp=tp, pp=pp, vpp=lay.vpp if pp > 1 else None, dp=gpus // mp,
+                                  distributed_optimizer=True, offload_reference=True, recompute=recompute,
+                                  micro_batch_size=mbs, sequence_parallel=tp > 1)
                     mbs //= 2
 
 
 def suggest(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assumptions = Assumptions(),
-            param_bytes: int = 2) -> tuple[Layout, float] | None:
-    """The smallest layout on the same GPUs that fits, with the vLLM memory fraction it needs
+            param_bytes: int = 2, check: Callable[[Layout], None] | None = None) -> tuple[Layout, float] | None:
+    """The smallest valid layout on the same GPUs that fits, with the vLLM memory fraction it needs
     (the configured one, or lower when that is what the generate phase needs); None if none fits."""
-    for cand in candidate_layouts(m, lay):
-        if w.sequences % cand.dp:
+    for cand in candidate_layouts(lay):
+        try:
+            if check:
+                check(cand)
+            p = plan(m, cand, w, hw, a, param_bytes)
+        except ConfigError:  # a layout the run would refuse
             continue
-        p = plan(m, cand, w, hw, a, param_bytes)
         if p["fits"]:
             return cand, w.memory_fraction
         lower = p["rollout"]["max_memory_fraction"]
@@ -502,11 +513,13 @@ def plan_run(cfg: RunConfig, gpus: int | None = None, a: Assumptions = Assumptio
     """(plan, where the shape came from, suggestion or None) for a loaded run config."""
     hf, source = resolve_hf_config(cfg)
     hw = parse_fits(cfg.fits)[1] if cfg.fits else H100
-    m, lay = ModelShape.from_hf(hf), layout_from_config(cfg, gpus)
+    gpus = job_gpus(cfg, gpus)
+    preflight(cfg, gpus, hf, on_gpu=True)  # the run's own checks, before any layout arithmetic
+    m, lay, check = ModelShape.from_hf(hf), layout_from_config(cfg, gpus), preflight_check(cfg, hf)
     w = replace(Workload.from_config(cfg), mean_seq_len=mean_seq_len)
     param_bytes = 4 if cfg.model.dtype == "fp32" else 2
     p = plan(m, lay, w, hw, a, param_bytes)
-    return p, source, (None if p["fits"] else suggest(m, lay, w, hw, a, param_bytes))
+    return p, source, (None if p["fits"] else suggest(m, lay, w, hw, a, param_bytes, check))
 
 
 def main(argv: list[str]) -> int:

@@ -168,8 +168,15 @@ def test_suggestion_is_the_smallest_layout_that_fits():
     m, w = plan.ModelShape.from_hf(cfg.model.hf_config), plan.Workload.from_config(cfg)
     w2 = plan.Workload(**{**w.__dict__, "memory_fraction": fraction})
     assert plan.plan(m, lay, w2)["fits"] and lay.gpus == 8
-    base = plan.layout_from_config(cfg, None)
-    smaller = [c for c in plan.candidate_layouts(m, base) if c.tp * c.pp < lay.tp * lay.pp and w.sequences % c.dp == 0]
+    base, check = plan.layout_from_config(cfg, 8), plan.preflight_check(cfg, cfg.model.hf_config)
+    smaller = []
+    for c in plan.candidate_layouts(base):
+        try:
+            check(c)
+        except ConfigError:
+            continue
+        if c.tp * c.pp < lay.tp * lay.pp:
+            smaller.append(c)
     assert smaller
     for c in smaller:  # at no vLLM share from 0.05 up to the configured one
         for k in range(1, 13):
@@ -199,8 +206,10 @@ def test_bad_inputs_name_the_fix():
     with pytest.raises(ConfigError, match="NODESxGPUS_PER_NODExHARDWARE"):
         plan.parse_fits("8xA100")
     with pytest.raises(ConfigError, match="not a multiple of parallel.tp"):
-        plan.layout_from_config(load_config("qwen3-8b-math500", ["parallel.tp=3"]), 8)
-    with pytest.raises(ConfigError, match="do not split over parallel.pp=5"):
+        plan.plan_run(load_config("qwen3-8b-math500", ["parallel.tp=3"]), 8)
+    with pytest.raises(ConfigError, match="are not divisible by parallel.tp=3"):
+        plan.plan_run(load_config("qwen3-8b-math500", ["parallel.tp=3"]), 12)
+    with pytest.raises(ConfigError, match="36 layers are not divisible by parallel.pp=5"):
         plan.plan_run(load_config("qwen3-8b-math500", ["parallel.pp=5", "parallel.tp=1"]), gpus=10)
     with pytest.raises(ConfigError, match="without downloading"):
         plan.plan_run(load_config("qwen3-8b-math500", ["model.hf_config=null", "model.path=/nonexistent/model"]))
