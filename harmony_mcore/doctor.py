@@ -106,7 +106,8 @@ def probe_gpus() -> GpuInfo:
     info = GpuInfo(cuda=torch.version.cuda)
     if not torch.cuda.is_available():
         return info
-    info.nccl = ".".join(map(str, torch.cuda.nccl.version()))
+    nccl = torch.cuda.nccl.version()  # a tuple; an int in old torch
+    info.nccl = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
     n = torch.cuda.device_count()
     for i in range(n):
         props = torch.cuda.get_device_properties(i)
