@@ -94,8 +94,7 @@ class Policy:
 
     `modules` are the plain GPTModel chunks: their `state_dict()`/`named_parameters()` carry Megatron's
     standard names (harmony_mcore.models.families.layer_spec) for the bridge and checkpoints. After
-    writing weights into `modules` yourself, call `weights_loaded()` (refreshes the optimizer's fp32 main
-    params on GPU and resets the reference); `load_hf_weights` does it for you.
+    writing weights into `modules` yourself, call `sync_reference()`; `load_hf_weights` does it for you.
     """
 
     def __init__(self, hf_config: Any, parallel: ParallelConfig, algorithm: AlgorithmConfig, *,
@@ -120,8 +119,9 @@ class Policy:
         if self.reference:
             for chunk in self.reference:
                 chunk.requires_grad_(False)
-            self.sync_reference()
         self.optimizer = self._make_optimizer(dtype, use_dist_opt)
+        self.steps_taken = 0  # optimizer updates made by this object (skipped steps excluded)
+        self.sync_reference()
 
     # ---- weights -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -138,17 +138,14 @@ class Policy:
         for module in self.modules:
             for name, param in module.named_parameters():
                 param.copy_(hf_weight_shard(mapping, global_name(module, name), get, module.vocab_size, tp, rank))
-        self.weights_loaded()
-
-    def weights_loaded(self) -> None:
-        """New initial weights are in `modules`: copy them into the optimizer's main params and the reference."""
-        if self.on_gpu:
-            self.optimizer.reload_model_params()  # Megatron keeps fp32 main copies made at construction
         self.sync_reference()
 
     @torch.no_grad()
     def sync_reference(self) -> None:
-        """Copy the policy's current weights into the frozen reference."""
+        """Initial weights were loaded into `modules`: copy them into the frozen reference and, before the
+        first optimizer step, into the GPU optimizer's fp32 main params (Megatron copies those at construction)."""
+        if self.on_gpu and self.steps_taken == 0:
+            self.optimizer.reload_model_params()
         if self.reference is None:
             return
         self._reference_to(device())
@@ -296,6 +293,27 @@ class Policy:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         return bool(bad.item())
 
+    def _update(self) -> tuple[float, bool]:
+        """Clip and apply the gradients in the DDP buffers unless one is non-finite: (grad norm, skipped)."""
+        if self.on_gpu:
+            if self._grads_nonfinite():
+                return float("nan"), True
+            ok, norm, _ = self.optimizer.step()  # Megatron's: clips to algorithm.grad_clip itself
+            return (norm if norm is not None else float("nan")), not ok
+        grad_norm = self._grad_norm()
+        if not math.isfinite(grad_norm):
+            return grad_norm, True
+        scale = self.algo.grad_clip / (grad_norm + 1e-6)  # torch.nn.utils.clip_grad_norm_'s rule
+        params = [p for c in self.model for p in c.parameters() if p.requires_grad]
+        for p in params:
+            if self.algo.grad_clip > 0 and scale < 1.0:
+                p.main_grad.mul_(scale)
+            p.grad = p.main_grad
+        self.optimizer.step()
+        for p in params:
+            p.grad = None
+        return grad_norm, False
+
     def train_step(self, views: list[ViewBatch], step: int, *, temperature: float = 1.0) -> dict[str, float]:
         """One optimizer step on the sum of the views' GRPO losses (each a global token-mean over its view).
 
@@ -338,28 +356,8 @@ class Policy:
         lr = lr_at(step, base_lr=a.lr, total_steps=self.total_steps, warmup_ratio=a.warmup_ratio)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        if self.on_gpu:
-            skipped = self._grads_nonfinite()
-            grad_norm = float("nan")
-            if not skipped:
-                ok, norm, _ = self.optimizer.step()
-                skipped, grad_norm = not ok, (norm if norm is not None else float("nan"))
-        else:
-            grad_norm = self._grad_norm()
-            skipped = not math.isfinite(grad_norm)
-            if not skipped:
-                scale = a.grad_clip / (grad_norm + 1e-6)
-                for c in self.model:
-                    for p in c.parameters():
-                        if p.requires_grad:
-                            if a.grad_clip > 0 and scale < 1.0:
-                                p.main_grad.mul_(scale)
-                            p.grad = p.main_grad
-                self.optimizer.step()
-                for c in self.model:
-                    for p in c.parameters():
-                        p.grad = None
-
+        grad_norm, skipped = self._update()
+        self.steps_taken += int(not skipped)
         dist.all_reduce(metrics, group=ps.get_data_parallel_group())
         if ps.get_pipeline_model_parallel_world_size() > 1:
             dist.all_reduce(metrics, group=ps.get_pipeline_model_parallel_group())
@@ -369,7 +367,6 @@ class Policy:
             out.update({f"view{v}/loss": loss, f"view{v}/pg_loss": pg, f"view{v}/kl": kl})
         out["loss"] = float(metrics[:, 0].sum())
         return out
-
 
 
 def hf_weight_shard(mapping, mcore_name: str, get: Callable[[str], torch.Tensor], padded_vocab: int,
