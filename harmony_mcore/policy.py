@@ -198,35 +198,39 @@ class Policy:
             forward_step_func=step, data_iterator=iterators if len(chunks) > 1 else iterators[0], model=chunks,
             num_microbatches=len(micro), seq_length=S, micro_batch_size=mbs, forward_only=forward_only)
 
-    def _logprobs_of(self, logits: torch.Tensor, ids: torch.Tensor, temperature: float, with_entropy: bool):
-        """[b, S] log-probs/entropy aligned with ids (column 0 = 0) from logits [b, S, V_local]."""
-        logp, ent = vocab_parallel_logprobs(logits[:, :-1], ids[:, 1:], vocab_size=self.vocab_size,
-                                            temperature=temperature, with_entropy=with_entropy)
+    def _logprobs_of(self, logits: torch.Tensor, ids: torch.Tensor, temperature: float, stat: str | None):
+        """[b, S] log-probs (and statistic) aligned with ids (column 0 = 0) from logits [b, S, V_local]."""
+        logp, value = vocab_parallel_logprobs(logits[:, :-1], ids[:, 1:], vocab_size=self.vocab_size,
+                                              temperature=temperature, stat=stat)
         pad = logp.new_zeros(logp.shape[0], 1)
-        return torch.cat([pad, logp], 1), (torch.cat([pad, ent], 1) if ent is not None else None)
+        return torch.cat([pad, logp], 1), (torch.cat([pad, value], 1) if value is not None else None)
 
     # ---- log-probs -----------------------------------------------------------------------------
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
-                 reference: bool = False, with_entropy: bool = False):
-        """Per-token log-probs [B, T] (and entropy [B, T] or None) of the policy or the reference.
+                 reference: bool = False, with_entropy: bool = False, with_self_certainty: bool = False):
+        """Per-token log-probs [B, T] of the policy or the reference, and [B, T] entropy (`with_entropy`) or
+        self-certainty logsumexp(z) - mean(z) (`with_self_certainty`, Intuitor), else None.
 
-        Entropy at column t is that of the distribution that produced token t (logits at t-1).
+        The statistic at column t is that of the distribution that produced token t (logits at t-1).
         Available on every rank, in the caller's row order, float32 on CPU.
         """
         from megatron.core import parallel_state as ps
 
         if reference and self.reference is None:
             raise ValueError("this Policy was built with reference=False")
+        if with_entropy and with_self_certainty:
+            raise ValueError("ask for one of with_entropy and with_self_certainty per call")
+        stat = "entropy" if with_entropy else "self_certainty" if with_self_certainty else None
         mbs = self._micro_batch_size(input_ids.shape[0])
         packed = _pack(attention_mask, {"ids": input_ids.long()}, {}, rows_multiple=self._rows_multiple(mbs),
                        seq_multiple=self._seq_multiple())
 
         def loss_fn(mb, logits):
-            logp, ent = self._logprobs_of(logits, mb["ids"], temperature, with_entropy)
+            logp, value = self._logprobs_of(logits, mb["ids"], temperature, stat)
             out = {"logp": logp}
-            if ent is not None:
-                out["entropy"] = ent
+            if value is not None:
+                out["stat"] = value
             return logits.new_zeros(()), torch.tensor(1, dtype=torch.int), out
 
         chunks = self.reference if reference else self.model
@@ -235,7 +239,7 @@ class Policy:
         outputs = self._run(chunks, packed, mbs, loss_fn, forward_only=True)
         if reference:
             self._offload_reference()
-        names = ["logp"] + (["entropy"] if with_entropy else [])
+        names = ["logp"] + (["stat"] if stat else [])
         B_pad = packed.tensors["ids"].shape[0]
         result = []
         for name in names:
@@ -251,7 +255,7 @@ class Policy:
                 dist.broadcast(full, src=ps.get_pipeline_model_parallel_last_rank(),
                                group=ps.get_pipeline_model_parallel_group())
             result.append(_unpack(packed, full.cpu()))
-        return result[0], (result[1] if with_entropy else None)
+        return result[0], (result[1] if stat else None)
 
     # ---- training ------------------------------------------------------------------------------
     def _make_optimizer(self, dtype: str, use_dist_opt: bool):
@@ -341,7 +345,7 @@ class Policy:
             denom = packed.tensors["mask"].sum().item()
 
             def loss_fn(mb, logits, view=view, ref_used=ref_used, denom=denom, v=v):
-                logp, _ = self._logprobs_of(logits, mb["ids"], temperature, False)
+                logp, _ = self._logprobs_of(logits, mb["ids"], temperature, None)
                 loss, parts = grpo_view_loss(
                     logp, mb["old"], mb["ref"] if ref_used else None, mb["adv"], mb["mask"], kl_coef=a.kl_coef,
                     clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_clamp=a.kl_clamp,
