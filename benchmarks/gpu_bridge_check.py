@@ -77,7 +77,8 @@ def main() -> None:
     (model,) = build_chunks(cfg, ParallelConfig(tp=1, pp=1), dtype="bf16")
     model.eval()
     exporter = WeightExporter([model], cfg, rollout_dtype=torch.bfloat16, bucket_bytes=args.bucket_mb << 20)
-    engine = TorchEngine.from_hf_config(cfg, char_tokenizer(), dtype=torch.bfloat16, device="cuda")
+    tok = char_tokenizer()
+    engine = TorchEngine.from_hf_config(cfg, tok, dtype=torch.bfloat16, device="cuda")
     print(f"build: {time.perf_counter() - t:.1f}s, plan: {len(exporter.plan.hf_tensors)} HF tensors in "
           f"{exporter.plan.num_buckets} buckets of {args.bucket_mb} MB", flush=True)
 
@@ -85,12 +86,13 @@ def main() -> None:
     report("torch engine", timed_syncs(exporter, engine, args.repeats))
     print(f"peak GPU memory during syncs: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
     g = torch.Generator().manual_seed(0)
-    seqs = torch.randint(0, cfg["vocab_size"], (4, 128), generator=g).tolist()
+    # token ids the tokenizer knows: vLLM rejects prompts with ids beyond the tokenizer's vocabulary
+    seqs = torch.randint(0, len(tok), (4, 128), generator=g).tolist()
     diff = check_sync(engine, lambda s: megatron_logprobs(model, s, cfg["vocab_size"]), seqs, tolerance=0.5)
     print(f"torch engine vs Megatron log-prob max diff (bf16): {diff:.4f}", flush=True)
 
     if args.vllm:
-        from harmony_mcore.rollout.vllm_engine import VllmEngine
+        from harmony_mcore.rollout.vllm_engine import VLLMEngine
 
         del engine
         torch.cuda.empty_cache()
@@ -98,8 +100,8 @@ def main() -> None:
             from transformers import AutoConfig
 
             AutoConfig.for_model("qwen3", **{k: v for k, v in cfg.items() if k != "model_type"}).save_pretrained(d)
-            char_tokenizer().save_pretrained(d)
-            vllm = VllmEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.35, sleep_level=1), d, dtype="bf16",
+            tok.save_pretrained(d)
+            vllm = VLLMEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.35, sleep_level=1), d, dtype="bf16",
                               seed=0, max_model_len=1024)
             report("vllm engine", timed_syncs(exporter, vllm, args.repeats))
             diff = check_sync(vllm, lambda s: megatron_logprobs(model, s, cfg["vocab_size"]), seqs, tolerance=0.5)

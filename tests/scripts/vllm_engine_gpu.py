@@ -11,7 +11,7 @@ import torch.distributed as dist
 from harmony_mcore.config import RolloutConfig
 from harmony_mcore.rollout.base import SamplingParams
 from harmony_mcore.rollout.torch_engine import TorchEngine
-from harmony_mcore.rollout.vllm_engine import VllmEngine
+from harmony_mcore.rollout.vllm_engine import VLLMEngine
 from harmony_mcore.testing import char_tokenizer, tiny_hf_config
 
 
@@ -30,7 +30,7 @@ def main(out_dir: str) -> None:
     ref.model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
 
-    engine = VllmEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.3, enforce_eager=True, sleep_level=2),
+    engine = VLLMEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.3, enforce_eager=True, sleep_level=2),
                         out_dir, dtype="bf16", seed=0, max_model_len=256)
     prompts = [tok.encode(t, add_special_tokens=False) for t in ("1+1=", "The answer is", "abc")]
 
@@ -50,10 +50,11 @@ def main(out_dir: str) -> None:
         seqs = [p + r.samples[0].token_ids for p, r in
                 zip(prompts, ref.generate(prompts, SamplingParams(greedy=True, max_tokens=16, stop_token_ids=[])))]
         d = max_diff(engine.score(seqs), ref.score(seqs))
-        out = engine.generate(prompts, SamplingParams(n=2, temperature=1.0, max_tokens=16, seed=1, stop_token_ids=[]))
+        # sampled-token log-probs follow the convention: log_softmax(logits / T) at the sampling temperature
+        out = engine.generate(prompts, SamplingParams(n=2, temperature=0.7, max_tokens=16, seed=1, stop_token_ids=[]))
         samp = [p + s.token_ids for p, r in zip(prompts, out) for s in r.samples]
         d_gen = max_diff([torch.tensor(s.logprobs) for r in out for s in r.samples],
-                         [x[len(p) - 1:] for x, p in zip(ref.score(samp), [p for p in prompts for _ in range(2)])])
+                         [x[len(p) - 1:] for x, p in zip(ref.score(samp, 0.7), [p for p in prompts for _ in range(2)])])
         print(f"round {round_}: score max diff {d:.4f}, sampled log-prob max diff {d_gen:.4f}", flush=True)
         assert d < 0.1 and d_gen < 0.1, "vLLM and torch engine disagree (bf16 tolerance 0.1)"
     print("VLLM ENGINE OK")
