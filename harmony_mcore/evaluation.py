@@ -53,6 +53,26 @@ class EvalSettings:
         return ks + [self.samples]
 
 
+def settings_from_config(eval_cfg: Any, rollout_cfg: Any, consensus_cfg: Any | None = None) -> EvalSettings:
+    """EvalSettings from the run config's `eval` and `rollout` sections (and `consensus` for the
+    math-verify timeout and workers)."""
+    return EvalSettings(n=eval_cfg.n, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p, greedy=eval_cfg.greedy,
+                        max_tokens=rollout_cfg.max_response_tokens, max_prompt_tokens=rollout_cfg.max_prompt_tokens,
+                        limit=eval_cfg.limit,
+                        match_timeout_s=getattr(consensus_cfg, "timeout_s", 2.0),
+                        match_workers=getattr(consensus_cfg, "workers", 2))
+
+
+def eval_suites(eval_cfg: Any, data_cfg: Any) -> dict[str, list[Problem]]:
+    """The problems of `eval.benchmarks` (default: the training benchmark, from data.path if set).
+    Other user-supplied benchmarks take their file from `eval.paths[name]` when the config has it."""
+    names = list(eval_cfg.benchmarks) or [data_cfg.benchmark]
+    paths = dict(getattr(eval_cfg, "paths", None) or {})
+    if data_cfg.path:
+        paths.setdefault(data_cfg.benchmark, data_cfg.path)
+    return {name: load_benchmark(name, paths.get(name), eval_cfg.limit) for name in names}
+
+
 # ---- scoring (no model involved) ----
 
 @dataclass
@@ -223,29 +243,48 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
 
 # ---- command line ----
 
-def load_engine(model: str, engine: str = "auto", dtype: str = "auto", **engine_kwargs: Any) -> tuple[Any, Any]:
-    """(engine, tokenizer) for a Hugging Face model folder. A Megatron checkpoint is converted first."""
+def hf_model_dir(model: str, out_dir: str | Path, hf_config: str | None = None) -> Path:
+    """`model` if it is a Hugging Face folder; a Megatron-Core checkpoint (or a run's checkpoint
+    folder: its newest step) is converted into `out_dir`/hf_model first."""
+    path = Path(model).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    from conversion.common import ConversionError
+    from conversion.mcore_to_hf import convert
+
+    target = Path(out_dir) / "hf_model"
+    try:
+        convert(path, target, hf_config=hf_config, overwrite=True)
+    except ConversionError as e:
+        raise DataError(f"--model {model}: neither a Hugging Face model folder (config.json) nor a convertible "
+                        f"Megatron checkpoint ({e})") from e
+    return target
+
+
+def load_engine(model: str | Path, engine: str = "auto", dtype: str = "auto", tp: int = 1,
+                max_model_len: int = 4096, seed: int = 0) -> tuple[Any, Any]:
+    """(engine, tokenizer) for a Hugging Face model folder: vLLM on a GPU, transformers on CPU."""
     import torch
 
-    path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise DataError(f"--model {model}: no config.json there. Give a Hugging Face model folder; convert a "
-                        f"Megatron checkpoint first with `harmony convert mcore-to-hf {model} OUT_DIR`")
-    if engine == "auto":
-        engine = "vllm" if torch.cuda.is_available() else "torch"
+    cuda = torch.cuda.is_available()
+    engine = engine if engine != "auto" else ("vllm" if cuda else "torch")
+    dtype = dtype if dtype != "auto" else ("bf16" if cuda else "fp32")
     if engine == "torch":
         from harmony_mcore.rollout.torch_engine import TorchEngine
 
-        torch_dtype = {"auto": torch.float32 if not torch.cuda.is_available() else torch.bfloat16,
-                       "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        built = TorchEngine.from_pretrained(str(path), dtype=torch_dtype, **engine_kwargs)
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        built = TorchEngine.from_pretrained(str(model), dtype=torch_dtype)
         return built, built.tokenizer
     if engine == "vllm":
-        from harmony_mcore.rollout import vllm_engine
-        from transformers import AutoTokenizer
+        from harmony_mcore.config import RolloutConfig
+        from harmony_mcore.rollout.vllm_engine import VllmEngine
 
-        built = vllm_engine.VLLMEngine.from_pretrained(str(path), dtype=dtype, **engine_kwargs)
-        return built, AutoTokenizer.from_pretrained(str(path))
+        # Standalone: read the real weights (training syncs them instead) and let vLLM pick its
+        # executor (no torchrun around us).
+        cfg = RolloutConfig(engine="vllm", tp=tp, gpu_memory_utilization=0.85,
+                            vllm_extra={"load_format": "auto", "distributed_executor_backend": None})
+        built = VllmEngine(cfg, str(model), dtype=dtype, seed=seed, max_model_len=max_model_len)
+        return built, built.tokenizer
     raise DataError(f"--engine {engine}: use auto, torch or vllm")
 
 
@@ -261,7 +300,9 @@ def _parse_paths(items: Sequence[str]) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harmony eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="Hugging Face model folder (convert Megatron checkpoints first)")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model folder, or a Megatron-Core checkpoint (converted into OUT/hf_model)")
+    p.add_argument("--hf-config", default=None, help="HF folder the checkpoint started from (if not next to it)")
     p.add_argument("--benchmarks", default="math500", help="comma-separated names (harmony data list)")
     p.add_argument("--path", action="append", default=[], metavar="BENCH=PATH",
                    help="data file for a benchmark that is not shipped (gpqa-diamond, mmlu-pro, file)")
@@ -275,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "vllm"])
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--tp", type=int, default=1, help="vLLM tensor parallel size")
     p.add_argument("--match-timeout", type=float, default=2.0, help="seconds per math-verify comparison")
+    p.add_argument("--match-workers", type=int, default=2, help="math-verify worker processes")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
@@ -284,14 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, greedy=args.greedy,
                             max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, seed=args.seed,
-                            limit=args.limit, match_timeout_s=args.match_timeout)
+                            limit=args.limit, match_timeout_s=args.match_timeout,
+                            match_workers=args.match_workers)
     try:
         if settings.n < 1 or settings.max_tokens < 1 or (args.limit is not None and args.limit < 1):
             raise DataError("--n, --max-tokens and --limit must be >= 1")
         paths = _parse_paths(args.path)
         names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
         suites = {name: load_benchmark(name, paths.get(name), settings.limit) for name in names}
-        engine, tokenizer = load_engine(args.model, args.engine, args.dtype)
+        model = hf_model_dir(args.model, args.out, args.hf_config)
+        engine, tokenizer = load_engine(model, args.engine, args.dtype, tp=args.tp,
+                                        max_model_len=args.max_prompt_tokens + args.max_tokens, seed=args.seed)
     except DataError as e:
         print(f"harmony eval: {e}", file=sys.stderr)
         return 2

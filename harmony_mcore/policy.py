@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -25,7 +25,7 @@ from harmony_mcore.algo.loss import grpo_view_loss
 from harmony_mcore.algo.schedules import lr_at
 from harmony_mcore.config import AlgorithmConfig, ParallelConfig
 from harmony_mcore.models import families
-from harmony_mcore.models.builder import build_chunks, wrap_ddp
+from harmony_mcore.models.builder import build_chunks, global_name, wrap_ddp
 from harmony_mcore.parallel.distributed import device
 from harmony_mcore.parallel.vocab_parallel import vocab_parallel_logprobs
 
@@ -94,7 +94,8 @@ class Policy:
 
     `modules` are the plain GPTModel chunks: their `state_dict()`/`named_parameters()` carry Megatron's
     standard names (harmony_mcore.models.families.layer_spec) for the bridge and checkpoints. After
-    loading weights into `modules`, call `sync_reference()` so the reference starts equal.
+    writing weights into `modules` yourself, call `weights_loaded()` (refreshes the optimizer's fp32 main
+    params on GPU and resets the reference); `load_hf_weights` does it for you.
     """
 
     def __init__(self, hf_config: Any, parallel: ParallelConfig, algorithm: AlgorithmConfig, *,
@@ -102,7 +103,9 @@ class Policy:
                  reference: bool = True, use_te: bool | None = None):
         from megatron.core import parallel_state as ps
 
-        self.hf_config = families.hf_dict(hf_config)
+        cfg = families.hf_dict(hf_config)
+        families.get_family(cfg)
+        self.hf_config = {**cfg, "architectures": [families.architecture(cfg)]}  # the bridge keys on it
         self.parallel, self.algo, self.total_steps = parallel, algorithm, total_steps
         self.vocab_size = self.hf_config["vocab_size"]
         self.on_gpu = torch.cuda.is_available()
@@ -121,6 +124,28 @@ class Policy:
         self.optimizer = self._make_optimizer(dtype, use_dist_opt)
 
     # ---- weights -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_hf_weights(self, tensors: Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor]) -> None:
+        """Load full HF-named tensors (a state dict, or name -> tensor, e.g. a lazy safetensors reader)
+        into this rank's shards through the bridge's mapping table, then reset the reference to them."""
+        from megatron.core import parallel_state as ps
+
+        from harmony_mcore.bridge.mapping import get_mapping
+
+        mapping = get_mapping(self.hf_config)
+        get = tensors.__getitem__ if isinstance(tensors, Mapping) else tensors
+        tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+        for module in self.modules:
+            for name, param in module.named_parameters():
+                param.copy_(hf_weight_shard(mapping, global_name(module, name), get, module.vocab_size, tp, rank))
+        self.weights_loaded()
+
+    def weights_loaded(self) -> None:
+        """New initial weights are in `modules`: copy them into the optimizer's main params and the reference."""
+        if self.on_gpu:
+            self.optimizer.reload_model_params()  # Megatron keeps fp32 main copies made at construction
+        self.sync_reference()
+
     @torch.no_grad()
     def sync_reference(self) -> None:
         """Copy the policy's current weights into the frozen reference."""
@@ -148,6 +173,10 @@ class Policy:
     def _rows_multiple(self, mbs: int) -> int:
         # The interleaved (virtual PP) schedule wants whole groups of PP micro-batches.
         return self.dp * mbs * (self.parallel.pp if self.parallel.vpp else 1)
+
+    def _seq_multiple(self) -> int:
+        # Sequence parallelism splits the sequence over TP ranks.
+        return self.parallel.tp if self.parallel.sequence_parallel else 1
 
     def _run(self, chunks: list, packed: _Packed, mbs: int, loss_fn, forward_only: bool) -> list[dict]:
         """Run this DP rank's share of `packed` through the pipeline; returns the last stage's outputs."""
@@ -226,9 +255,6 @@ class Policy:
                                group=ps.get_pipeline_model_parallel_group())
             result.append(_unpack(packed, full.cpu()))
         return result[0], (result[1] if with_entropy else None)
-
-    def _seq_multiple(self) -> int:
-        return self.parallel.tp if self.parallel.sequence_parallel else 1
 
     # ---- training ------------------------------------------------------------------------------
     def _make_optimizer(self, dtype: str, use_dist_opt: bool):
@@ -344,3 +370,13 @@ class Policy:
         out["loss"] = float(metrics[:, 0].sum())
         return out
 
+
+
+def hf_weight_shard(mapping, mcore_name: str, get: Callable[[str], torch.Tensor], padded_vocab: int,
+                    tp: int, tp_rank: int) -> torch.Tensor:
+    """TP shard `tp_rank` of the Megatron tensor `mcore_name` (global layer numbers) built from HF tensors,
+    with `mapping` = harmony_mcore.bridge.mapping.get_mapping(hf_config)."""
+    if mapping.tied and mcore_name == "output_layer.weight":
+        mcore_name = "embedding.word_embeddings.weight"  # the last PP stage's copy of the tied embedding
+    full = mapping.hf_to_mcore(mcore_name, [get(n) for n in mapping.hf_sources(mcore_name)], padded_vocab)
+    return mapping.tp_split(mcore_name, full, tp)[tp_rank]

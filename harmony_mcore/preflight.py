@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import importlib.util
+
 import torch
 
 from harmony_mcore.config import ConfigError, RunConfig
@@ -33,6 +35,9 @@ def preflight(run_cfg: RunConfig, world_size: int, hf_config: Any = None, *, on_
     if not on_gpu and model.dtype != "fp32":
         raise ConfigError(f"model.dtype={model.dtype} needs a GPU: set model.dtype=fp32 on CPU")
 
+    if par.sequence_parallel and tp > 1 and not (on_gpu and importlib.util.find_spec("transformer_engine")):
+        raise ConfigError("parallel.sequence_parallel needs Transformer Engine on GPU (Megatron's local-spec norm "
+                          "does not support it): set parallel.sequence_parallel=false")
     if world_size % (tp * pp):
         raise ConfigError(f"world size {world_size} is not a multiple of parallel.tp*parallel.pp = {tp * pp}: "
                           f"launch a multiple of {tp * pp} processes or pick tp*pp among {_divisors(world_size)}")

@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harmony_mcore.answers import Equivalence, normalize
+from tests.answers_shared import shared_math_equivalence
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def math_eq():
-    with Equivalence("math", timeout_s=2.0, workers=2) as eq:
-        yield eq
+    return shared_math_equivalence()
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,11 @@ def test_pass_at_k_matches_enumeration(flags, data):
 def test_maj_at_k_matches_enumeration(classes, data):
     k = data.draw(st.integers(1, len(classes)))
     correct = {a: data.draw(st.booleans()) for a in range(4)}
-    assert maj_at_k(classes, correct, k) == pytest.approx(brute_maj(classes, correct, k), abs=1e-12)
+    maj = maj_at_k(classes, correct, k)
+    assert maj == pytest.approx(brute_maj(classes, correct, k), abs=1e-12)
+    c = sum(a is not None and correct[a] for a in classes)
+    assert maj <= pass_at_k(len(classes), c, k) + 1e-12  # a correct majority needs a correct sample
+    assert maj_at_k(classes, correct, 1) == pytest.approx(c / len(classes))  # one sample: its accuracy
 
 
 def test_hand_cases():

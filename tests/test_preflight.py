@@ -54,6 +54,14 @@ def test_heads_not_divisible_by_tp():
         preflight(run(tp=4), 4, odd, on_gpu=True)
 
 
+def test_sequence_parallel_needs_transformer_engine():
+    cfg = run(tp=2, dtype="fp32")
+    cfg.parallel.sequence_parallel = True
+    with pytest.raises(ConfigError, match="parallel.sequence_parallel needs Transformer Engine on GPU .*: set "
+                                          "parallel.sequence_parallel=false"):
+        preflight(cfg, 2, QWEN3, on_gpu=False)
+
+
 def test_cpu_dtype_missing_model_and_unknown_architecture():
     with pytest.raises(ConfigError, match="model.dtype=bf16 needs a GPU: set model.dtype=fp32 on CPU"):
         preflight(run(), 1, QWEN3, on_gpu=False)

@@ -110,7 +110,8 @@ def _load_gsm8k(path: Path | None) -> list[Problem]:
 
 
 def _load_math_train_reframed(path: Path | None) -> list[Problem]:
-    rows = read_records(path or FILES / "coreward_math_train_pairs_qwen3-32b.parquet")
+    columns = ["idx", "original_question", "rephrased_question", "solution", "level", "type"]
+    rows = read_records(path or FILES / "coreward_math_train_pairs_qwen3-32b.parquet", columns=columns)
     return [Problem(id=str(r["idx"]), question=r["original_question"], answer=math_answer(r["solution"]),
                     source="math-train-reframed", reframed=r["rephrased_question"],
                     metadata={"level": r.get("level"), "type": r.get("type")}) for r in rows]

@@ -100,14 +100,15 @@ def write_rows(rows: list[dict], out: Path) -> None:
 
 
 def cmd_reframe(args: argparse.Namespace) -> int:
-    from harmony_mcore.evaluation import load_engine
+    from harmony_mcore.evaluation import hf_model_dir, load_engine
 
     out = Path(args.out)
     if out.suffix not in (".jsonl", ".parquet"):
         raise DataError(f"--out {out}: use a .jsonl or .parquet file name")
     problems = load_benchmark(args.benchmark, args.path, args.limit)
     strategies = strategy_plan(args.strategy, len(problems))
-    engine, tokenizer = load_engine(args.model, args.engine, args.dtype)
+    model = hf_model_dir(args.model, out.parent / f"{out.stem}_model")
+    engine, tokenizer = load_engine(model, args.engine, args.dtype, max_model_len=4096 + args.max_tokens, seed=args.seed)
     rows = generate_reframes(engine, tokenizer, problems, strategies, temperature=args.temperature, top_p=args.top_p,
                              max_tokens=args.max_tokens, seed=args.seed, retries=args.retries)
     write_rows(rows, out)

@@ -18,16 +18,16 @@ class DataError(ValueError):
     """A data file problem, with the fix in its message."""
 
 
-def read_records(path: str | Path, split: str = "test") -> list[dict[str, Any]]:
-    """All rows of `path`. A folder is read as the concatenation of its data files; when some of
+def read_records(path: str | Path, split: str = "test", columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """All rows of `path` (only `columns` of a parquet file, when given). A folder is read as the concatenation of its data files; when some of
     their names contain `split` (e.g. `test-00000-of-00001.parquet` next to `validation-...`), only
     those are read."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; pass the path of your downloaded copy")
     if path.is_dir():
-        return [row for f in _data_files(path, split) for row in _read_file(f)]
-    return _read_file(path)
+        return [row for f in _data_files(path, split) for row in _read_file(f, columns)]
+    return _read_file(path, columns)
 
 
 def _data_files(folder: Path, split: str) -> list[Path]:
@@ -40,7 +40,7 @@ def _data_files(folder: Path, split: str) -> list[Path]:
     return in_split or files
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
+def _read_file(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -56,7 +56,7 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            return pq.read_table(path, columns=columns).to_pylist()
         if suffix == ".arrow":
             return _read_arrow(path)
         if suffix == ".csv":

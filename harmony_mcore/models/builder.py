@@ -45,3 +45,11 @@ def wrap_ddp(chunks: list, *, distributed_optimizer: bool = False, grad_reduce_i
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=grad_reduce_in_fp32, overlap_grad_reduce=False,
                                                use_distributed_optimizer=distributed_optimizer)
     return [DistributedDataParallel(c.config, ddp_config, c, disable_bucketing=i > 0) for i, c in enumerate(chunks)]
+
+
+def global_name(module, local_name: str) -> str:
+    """A chunk's parameter name with its layer number made global (chunks number layers from 0)."""
+    parts = local_name.split(".")
+    if parts[:2] == ["decoder", "layers"]:
+        parts[2] = str(module.decoder.layers[int(parts[2])].layer_number - 1)
+    return ".".join(parts)

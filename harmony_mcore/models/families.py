@@ -1,8 +1,9 @@
 """Model families: an HF `config.json` -> Megatron `TransformerConfig`, GPTModel arguments, layer spec.
 
-One registry keyed by HF architecture. Families differ only in flags (qkv bias, qk layernorm);
-everything else (GQA, head_dim, rope theta/scaling, tied embeddings, RMSNorm eps) is read from the
-HF config. Megatron parameter names are the standard ones of the chosen spec (see `layer_spec`).
+The registry keyed by HF architecture is derived from the bridge's (`harmony_mcore.bridge.mapping.FAMILIES`),
+so the weight mapping and the model config read the same flags (qkv bias, qk norm). Everything else (GQA,
+head_dim, rope theta/scaling, tied embeddings, RMSNorm eps) comes from the HF config. Megatron parameter
+names are the standard ones of the chosen spec (see `layer_spec`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
+from harmony_mcore.bridge import mapping as bridge_mapping
 from harmony_mcore.config import ConfigError
 
 
@@ -23,11 +25,9 @@ class Family:
     qk_layernorm: bool  # Qwen3: RMSNorm on each head's q and k
 
 
-FAMILIES: dict[str, Family] = {
-    "Qwen2ForCausalLM": Family("qwen2", qkv_bias=True, qk_layernorm=False),
-    "Qwen3ForCausalLM": Family("qwen3", qkv_bias=False, qk_layernorm=True),
-    "LlamaForCausalLM": Family("llama", qkv_bias=False, qk_layernorm=False),
-}
+FAMILIES: dict[str, Family] = {arch: Family(f.name, qkv_bias=f.qkv_bias, qk_layernorm=f.qk_norm)
+                               for arch, f in bridge_mapping.FAMILIES.items()}
+
 _BY_MODEL_TYPE = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
 
 # Megatron's llama3 rope scaling fixes these (megatron/core/models/common/embeddings/rotary_pos_embedding.py).

@@ -59,9 +59,6 @@ def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_min:
 
     Call `harmony_mcore.preflight.preflight` first: this function assumes a valid layout.
     """
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
     le = launch_env()
     on_gpu = torch.cuda.is_available()
     if on_gpu:
@@ -75,13 +72,23 @@ def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_min:
             os.environ.setdefault(key, str(val))
         dist.init_process_group(backend="nccl" if on_gpu else "gloo", init_method="env://",
                                 rank=le.rank, world_size=le.world_size, timeout=timedelta(minutes=timeout_min))
+    init_model_parallel(parallel, seed=seed)
+    return le
+
+
+def init_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> None:
+    """(Re)build Megatron's TP/PP/DP groups on the existing process group and seed its RNG tracker."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
     ps.initialize_model_parallel(tensor_model_parallel_size=parallel.tp,
                                  pipeline_model_parallel_size=parallel.pp,
                                  virtual_pipeline_model_parallel_size=parallel.vpp)
     # The default tracker forks the CUDA RNG; the inference tracker works on CPU too.
-    model_parallel_cuda_manual_seed(seed, inference_rng_tracker=not on_gpu)
+    model_parallel_cuda_manual_seed(seed, inference_rng_tracker=not torch.cuda.is_available())
     torch.manual_seed(seed)
-    return le
 
 
 def destroy_distributed() -> None:

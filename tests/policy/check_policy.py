@@ -1,7 +1,9 @@
 """torchrun script: policy log-probs and one GRPO step vs plain-torch HF references, for each family.
 
-Usage: torchrun --nproc_per_node N check_policy.py TP PP [VPP]   (DP = N / (TP*PP))
-Each rank checks its own results; any mismatch raises (non-zero exit). Rank 0 prints a summary.
+Usage: torchrun --nproc_per_node N check_policy.py LAYOUT [LAYOUT ...], LAYOUT = TPxPP[vVPP], e.g. 2x2 1x2v2
+(DP = N / (TP*PP)). Layouts run one after another in the same processes (Megatron's
+groups are rebuilt), which saves a launch's imports per layout. Each rank checks its own results; any mismatch
+raises (non-zero exit). Rank 0 prints a summary per layout.
 """
 
 import copy
@@ -9,11 +11,14 @@ import sys
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from support import TINY, hf_model, hf_row_logprobs, make_batch
 
+from harmony_mcore.bridge.mapping import get_mapping
 from harmony_mcore.config import AlgorithmConfig, ParallelConfig
-from harmony_mcore.parallel import destroy_distributed, init_distributed
-from harmony_mcore.policy import Policy, ViewBatch
-from support import TINY, hf_model, hf_row_logprobs, load_hf, make_batch, megatron_full_state, global_name, local_shard
+from harmony_mcore.models.builder import global_name
+from harmony_mcore.parallel import destroy_distributed, init_distributed, init_model_parallel
+from harmony_mcore.policy import Policy, ViewBatch, hf_weight_shard
 
 TEMP = 0.7
 ALGO = AlgorithmConfig(lr=1e-4, weight_decay=0.01, grad_clip=0.05, warmup_ratio=0.0, kl_coef=0.1)
@@ -77,11 +82,12 @@ def check_train(pol, hf, name, ids, attn, resp, logp):
     assert abs(metrics["loss"] - want_loss) < 1e-5 * max(1.0, abs(want_loss)), (metrics["loss"], want_loss)
     assert abs(metrics["grad_norm"] - want_norm) < 1e-5 * max(1.0, want_norm), (metrics["grad_norm"], want_norm)
     assert metrics["skipped"] == 0.0
-    full = megatron_full_state(want_model.state_dict(), TINY[name], pol.modules[0].vocab_size)
+    want_sd, mapping = want_model.state_dict(), get_mapping(TINY[name])
+    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
     werr = moved = 0.0
     for module in pol.modules:
         for n, p in module.named_parameters():
-            want = local_shard(module, n, full[global_name(module, n)])
+            want = hf_weight_shard(mapping, global_name(module, n), want_sd.__getitem__, module.vocab_size, tp, rank)
             werr = max(werr, (p.detach() - want).abs().max().item())
     for p0, p1 in zip(hf.parameters(), want_model.parameters()):
         moved = max(moved, (p0 - p1).abs().max().item())
@@ -97,26 +103,38 @@ def check_train(pol, hf, name, ids, attn, resp, logp):
     return metrics["loss"], werr, moved
 
 
-def main():
-    tp, pp = int(sys.argv[1]), int(sys.argv[2])
-    vpp = int(sys.argv[3]) if len(sys.argv) > 3 and int(sys.argv[3]) > 1 else None
-    par = ParallelConfig(tp=tp, pp=pp, vpp=vpp, micro_batch_size=2, distributed_optimizer=False)
-    init_distributed(par, seed=1)
+def parse(layout: str) -> ParallelConfig:
+    tp, rest = layout.split("x")
+    pp, _, vpp = rest.partition("v")
+    return ParallelConfig(tp=int(tp), pp=int(pp), vpp=int(vpp) if vpp else None, micro_batch_size=2,
+                          distributed_optimizer=False)
+
+
+def check_layout(par: ParallelConfig) -> list[str]:
     lines = []
     for seed, name in enumerate(TINY):
         hf = hf_model(name, seed)
         pol = Policy(TINY[name], par, ALGO, dtype="fp32", total_steps=1)
-        load_hf(pol.modules, hf, TINY[name])
-        pol.sync_reference()
+        pol.load_hf_weights(hf.state_dict())
         ids, attn, resp = make_batch(seed)
         logp, err, ent_err = check_logprobs(pol, hf, ids, attn)
         loss, werr, moved = check_train(pol, hf, name, ids, attn, resp, logp)
-        lines.append(f"{name}: logp err {err:.2e} entropy err {ent_err:.2e} | step loss {loss:.6f} "
+        lines.append(f"  {name}: logp err {err:.2e} entropy err {ent_err:.2e} | step loss {loss:.6f} "
                      f"weight err {werr:.2e} (update size {moved:.2e})")
-    dist.barrier()
-    if dist.get_rank() == 0:
-        print(f"POLICY OK tp={tp} pp={pp} vpp={vpp} dp={dist.get_world_size() // (tp * pp)}")
-        print("\n".join(lines))
+    return lines
+
+
+def main():
+    layouts = [parse(a) for a in sys.argv[1:]]
+    init_distributed(layouts[0], seed=1)
+    for par in layouts:
+        init_model_parallel(par, seed=1)
+        lines = check_layout(par)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            dp = dist.get_world_size() // (par.tp * par.pp)
+            print(f"POLICY OK tp={par.tp} pp={par.pp} vpp={par.vpp} dp={dp}")
+            print("\n".join(lines), flush=True)
     destroy_distributed()
 
 

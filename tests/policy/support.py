@@ -1,8 +1,4 @@
-"""Shared pieces of the policy's multi-process tests: tiny HF configs, random HF models, a test-only loader.
-
-The loader writes HF weights into Megatron chunks (local spec) using the layout facts of
-shared/DESIGN.md. It stays in tests/ until harmony_mcore.bridge has the shared mapping tables.
-"""
+"""Shared pieces of the policy's multi-process tests: tiny HF configs, random HF models, plain-torch references."""
 
 from __future__ import annotations
 
@@ -37,70 +33,6 @@ def hf_model(name: str, seed: int = 0) -> torch.nn.Module:
         for pname, p in model.named_parameters():
             p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in pname else 0.08 * torch.randn_like(p))
     return model
-
-
-def megatron_full_state(hf_sd: dict, cfg: dict, padded_vocab: int) -> dict:
-    """HF state dict -> unsharded Megatron tensors, global layer numbers, local-spec names."""
-    H, nh, ng = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd = cfg.get("head_dim") or H // nh
-
-    def pad(w):
-        return torch.cat([w, w.new_zeros(padded_vocab - w.shape[0], *w.shape[1:])])
-
-    out = {"embedding.word_embeddings.weight": pad(hf_sd["model.embed_tokens.weight"]),
-           "decoder.final_layernorm.weight": hf_sd["model.norm.weight"],
-           "output_layer.weight": pad(hf_sd.get("lm_head.weight", hf_sd["model.embed_tokens.weight"]))}
-    for i in range(cfg["num_hidden_layers"]):
-        h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for kind in ("weight", "bias"):
-            if h + f"self_attn.q_proj.{kind}" not in hf_sd:
-                continue
-            q = hf_sd[h + f"self_attn.q_proj.{kind}"].reshape(ng, nh // ng * hd, -1)
-            k = hf_sd[h + f"self_attn.k_proj.{kind}"].reshape(ng, hd, -1)
-            v = hf_sd[h + f"self_attn.v_proj.{kind}"].reshape(ng, hd, -1)
-            qkv = torch.cat([q, k, v], dim=1)
-            out[m + f"self_attention.linear_qkv.{kind}"] = qkv.reshape(-1, H) if kind == "weight" else qkv.reshape(-1)
-        out[m + "self_attention.linear_proj.weight"] = hf_sd[h + "self_attn.o_proj.weight"]
-        out[m + "input_layernorm.weight"] = hf_sd[h + "input_layernorm.weight"]
-        out[m + "pre_mlp_layernorm.weight"] = hf_sd[h + "post_attention_layernorm.weight"]
-        if h + "self_attn.q_norm.weight" in hf_sd:
-            out[m + "self_attention.q_layernorm.weight"] = hf_sd[h + "self_attn.q_norm.weight"]
-            out[m + "self_attention.k_layernorm.weight"] = hf_sd[h + "self_attn.k_norm.weight"]
-        out[m + "mlp.linear_fc1.weight"] = torch.cat([hf_sd[h + "mlp.gate_proj.weight"], hf_sd[h + "mlp.up_proj.weight"]])
-        out[m + "mlp.linear_fc2.weight"] = hf_sd[h + "mlp.down_proj.weight"]
-    return out
-
-
-def global_name(module, local: str) -> str:
-    parts = local.split(".")
-    if parts[:2] == ["decoder", "layers"]:
-        parts[2] = str(module.decoder.layers[int(parts[2])].layer_number - 1)
-    return ".".join(parts)
-
-
-def local_shard(module, local: str, full: torch.Tensor) -> torch.Tensor:
-    """This TP rank's shard of a full Megatron tensor (fc1: gate and up sharded separately)."""
-    from megatron.core import parallel_state as ps
-
-    param = dict(module.named_parameters())[local]
-    if not getattr(param, "tensor_model_parallel", False):
-        return full
-    tp, r = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-    if local.endswith("linear_fc1.weight"):
-        gate, up = full.chunk(2)
-        return torch.cat([gate.chunk(tp)[r], up.chunk(tp)[r]])
-    return full.chunk(tp, dim=param.partition_dim)[r]
-
-
-@torch.no_grad()
-def load_hf(modules: list, hf: torch.nn.Module, cfg: dict) -> None:
-    padded = modules[0].vocab_size
-    full = megatron_full_state(hf.state_dict(), cfg, padded)
-    for module in modules:
-        names = [n for n, _ in module.named_parameters()]
-        state = {n: local_shard(module, n, full[global_name(module, n)]) for n in names}
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        assert not unexpected and all("_extra_state" in k for k in missing), (missing, unexpected)
 
 
 def hf_row_logprobs(hf: torch.nn.Module, ids: torch.Tensor, temperature: float):
