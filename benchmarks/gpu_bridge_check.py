@@ -96,7 +96,7 @@ def main() -> None:
     print(f"torch engine vs Megatron log-prob max diff ({dtype}): {diff:.2e}", flush=True)
 
     if args.vllm:
-        from harmony_mcore.rollout.vllm_engine import VLLMEngine
+        from harmony_mcore.rollout.vllm_engine import VllmEngine
 
         del engine
         torch.cuda.empty_cache()
@@ -105,7 +105,7 @@ def main() -> None:
 
             AutoConfig.for_model("qwen3", **{k: v for k, v in cfg.items() if k != "model_type"}).save_pretrained(d)
             tok.save_pretrained(d)
-            vllm = VLLMEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.35, sleep_level=1), d, dtype="bf16",
+            vllm = VllmEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.35, sleep_level=1), d, dtype="bf16",
                               seed=0, max_model_len=1024)
             report("vllm engine", timed_syncs(exporter, vllm, args.repeats))
             diff = check_sync(vllm, lambda s: megatron_logprobs(model, s, cfg["vocab_size"]), seqs, tolerance=0.5)
