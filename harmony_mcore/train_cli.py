@@ -67,9 +67,10 @@ def launch(argv: list[str], nproc: int) -> int:
     proc = subprocess.Popen(cmd, env=env)
 
     def forward(signum, frame):
-        # torchrun's agent does not pass SIGUSR1 on: deliver to the ranks directly.
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.send_signal(signum)
+        # Straight to the ranks (torchrun's children): torchrun's agent does not pass SIGUSR1 on, and
+        # on SIGTERM it would kill the ranks after a grace period, maybe in the middle of a checkpoint.
+        for rank in psutil.Process(proc.pid).children():
+            rank.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, forward)

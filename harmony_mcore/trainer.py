@@ -146,6 +146,10 @@ def batch_indices(cfg: RunConfig, num_problems: int, step: int) -> list[int]:
     return order[offset * size:(offset + 1) * size]
 
 
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
+
+
 def step_seed(seed: int, step: int, salt: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{salt}".encode()).digest()[:7], "big")
 
@@ -341,7 +345,8 @@ class Trainer:
                    **{f"reward/{k}": v for k, v in reward_metrics.items()}, **train, **sync,
                    "rollout/logprob_diff_max": max(diffs, default=0.0),
                    "rollout/truncated": sum(r.truncated for r in rollouts) / len(rollouts),
-                   "rewards_digest": hashlib.sha256(json.dumps(rewards).encode()).hexdigest()[:16],
+                   # fingerprints of what was sampled and rewarded (resume determinism is tested on them)
+                   "rollouts_digest": _digest([r.response for r in rollouts]), "rewards_digest": _digest(rewards),
                    **timer.metrics()}
         for v, idx in enumerate(per_view):
             metrics[f"length/view{v}"] = sum(lengths[i] for i in idx) / len(idx)
