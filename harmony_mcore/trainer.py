@@ -229,14 +229,18 @@ class Trainer:
         """The model's weights into the policy (converted from HF once, by rank 0), then the reference."""
         from harmony_mcore.bridge.dist_ckpt import is_dist_checkpoint, load_model_weights
 
+        from conversion.common import copy_side_files
+
         src = Path(self.cfg.model.path).expanduser() if self.cfg.model.path else None
         if src is None or not is_dist_checkpoint(src):
-            src = self.out / "initial_mcore"
+            src = self.out / "initial_mcore"  # keeps the HF config + tokenizer in hf/ (for mcore-to-hf)
             if self.rank == 0 and not is_dist_checkpoint(src):
                 from conversion.hf_to_mcore import convert
 
                 convert(self.hf_dir, src, overwrite=True, log=self._log)
-            dist.barrier(group=self.gloo)
+        elif self.rank == 0 and not (self.out / "hf" / "config.json").is_file():
+            copy_side_files(self.hf_dir, self.out / "hf")  # `harmony convert mcore-to-hf` finds them here
+        dist.barrier(group=self.gloo)
         load_model_weights(self.policy.modules, src)
         self.policy.sync_reference()
 
