@@ -146,6 +146,10 @@ def batch_indices(cfg: RunConfig, num_problems: int, step: int) -> list[int]:
     return order[offset * size:(offset + 1) * size]
 
 
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
+
+
 def step_seed(seed: int, step: int, salt: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{salt}".encode()).digest()[:7], "big")
 
@@ -225,14 +229,18 @@ class Trainer:
         """The model's weights into the policy (converted from HF once, by rank 0), then the reference."""
         from harmony_mcore.bridge.dist_ckpt import is_dist_checkpoint, load_model_weights
 
+        from conversion.common import copy_side_files
+
         src = Path(self.cfg.model.path).expanduser() if self.cfg.model.path else None
         if src is None or not is_dist_checkpoint(src):
-            src = self.out / "initial_mcore"
+            src = self.out / "initial_mcore"  # keeps the HF config + tokenizer in hf/ (for mcore-to-hf)
             if self.rank == 0 and not is_dist_checkpoint(src):
                 from conversion.hf_to_mcore import convert
 
                 convert(self.hf_dir, src, overwrite=True, log=self._log)
-            dist.barrier(group=self.gloo)
+        elif self.rank == 0 and not (self.out / "hf" / "config.json").is_file():
+            copy_side_files(self.hf_dir, self.out / "hf")  # `harmony convert mcore-to-hf` finds them here
+        dist.barrier(group=self.gloo)
         load_model_weights(self.policy.modules, src)
         self.policy.sync_reference()
 
@@ -341,7 +349,8 @@ class Trainer:
                    **{f"reward/{k}": v for k, v in reward_metrics.items()}, **train, **sync,
                    "rollout/logprob_diff_max": max(diffs, default=0.0),
                    "rollout/truncated": sum(r.truncated for r in rollouts) / len(rollouts),
-                   "rewards_digest": hashlib.sha256(json.dumps(rewards).encode()).hexdigest()[:16],
+                   # fingerprints of what was sampled and rewarded (resume determinism is tested on them)
+                   "rollouts_digest": _digest([r.response for r in rollouts]), "rewards_digest": _digest(rewards),
                    **timer.metrics()}
         for v, idx in enumerate(per_view):
             metrics[f"length/view{v}"] = sum(lengths[i] for i in idx) / len(idx)
