@@ -7,7 +7,10 @@ names the setting to change. Defaults are the paper's hyperparameters (shared/AL
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -24,7 +27,9 @@ def _check(cond: bool, msg: str) -> None:
 class ModelConfig:
     # An HF model directory (config.json [+ weights]) or a converted/trainer Megatron checkpoint.
     path: str | None = None
-    # Or an inline HF config dict (tests, the CPU default); weights are then random or pretrained here.
+    # The HF config (config.json content). Without `path`: the model to build (random weights; tests,
+    # the CPU default). With `path`: its expected architecture (lets `harmony plan` work offline;
+    # the trainer checks it against path/config.json).
     hf_config: dict[str, Any] | None = None
     dtype: str = "bf16"  # bf16 | fp16 | fp32 (fp32 on CPU)
     recompute: str = "none"  # none | selective | full
@@ -67,9 +72,17 @@ class RolloutConfig:
     bucket_mb: int = 512  # weight-sync bucket size
     logprob_check_every: int = 0  # steps between engine-vs-trainer log-prob checks (0 = off)
     logprob_check_tolerance: float = 0.1
+    logprob_check_sequences: int = 4  # sequences scored by both engine and trainer in each check
+    enforce_eager: bool = False  # vLLM: skip CUDA-graph capture (slower decode, faster start)
+    vllm_extra: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM(...) keyword arguments
 
     def validate(self) -> None:
         _check(self.engine in ("auto", "vllm", "torch"), f"rollout.engine={self.engine!r}: use auto, vllm or torch")
+        _check(self.tp >= 1, "rollout.tp must be >= 1")
+        _check(self.sleep_level in (1, 2), f"rollout.sleep_level={self.sleep_level}: use 1 (weights kept on host) or 2 (dropped)")
+        _check(self.logprob_check_every >= 0, "rollout.logprob_check_every must be >= 0 (0 = off)")
+        _check(self.logprob_check_tolerance > 0, "rollout.logprob_check_tolerance must be > 0")
+        _check(self.logprob_check_sequences >= 1, "rollout.logprob_check_sequences must be >= 1")
         _check(self.n >= 1, "rollout.n must be >= 1")
         _check(self.temperature > 0, "rollout.temperature must be > 0 (use eval.greedy for greedy decoding)")
         _check(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")
@@ -82,7 +95,8 @@ class ConsensusConfig:
     strategy: str = "harmonic-mean"
     warmup_strategy: str | None = "harmonic-mean"
     warmup_steps: int = 20
-    match: str = "math"  # math | normalized | exact
+    match: str = "math"  # math | normalized | exact: equivalence used for voting
+    reward_match: str | None = None  # equivalence used for rewards (None = same as match; the reference's is looser)
     power_k: float | None = None  # power-mean exponent k
     power_lambda: float | None = None  # or lambda, with k = 1 - lambda
     pi: float = 0.5  # weighted-invariant
@@ -97,8 +111,10 @@ class ConsensusConfig:
         _check(self.strategy in STRATEGIES, f"consensus.strategy={self.strategy!r}: use one of {names}")
         _check(self.warmup_strategy is None or self.warmup_strategy in STRATEGIES,
                f"consensus.warmup_strategy={self.warmup_strategy!r}: use one of {names}, or null for no warmup")
-        _check(self.match in ("math", "normalized", "exact"),
-               f"consensus.match={self.match!r}: use math, normalized or exact")
+        for key in ("match", "reward_match"):
+            value = getattr(self, key)
+            _check(value in ("math", "normalized", "exact") or (key == "reward_match" and value is None),
+                   f"consensus.{key}={value!r}: use math, normalized or exact")
         _check(not (self.power_k is not None and self.power_lambda is not None),
                "set only one of consensus.power_k and consensus.power_lambda")
         uses_power = "power-mean" in (self.strategy, self.warmup_strategy)
@@ -146,12 +162,13 @@ class AlgorithmConfig:
 
 @dataclass
 class DataConfig:
-    benchmark: str = "math500"  # a registered benchmark name, or "file" with `path`
+    benchmark: str = "math500"  # a registered benchmark name, "toy-arith" (CPU default), or "file" with `path`
     path: str | None = None
     views: str = "reframe"  # reframe (dynamic reframe-and-solve) | static | solver-only
     num_views: int = 2  # K: solver + (K-1) reframe views
     problems_per_step: int = 128
     epochs: int = 100
+    limit: int | None = None  # use only the first N problems (smoke runs)
     seed: int = 1
 
     def validate(self) -> None:
@@ -159,6 +176,66 @@ class DataConfig:
                f"data.views={self.views!r}: use reframe, static or solver-only")
         _check(self.num_views >= 1, "data.num_views must be >= 1")
         _check(self.problems_per_step >= 1, "data.problems_per_step must be >= 1")
+        _check(self.epochs >= 1, "data.epochs must be >= 1")
+        _check(self.limit is None or self.limit >= 1, "data.limit must be >= 1 or null")
+        _check(self.benchmark != "file" or self.path, "data.benchmark=file needs data.path=/path/to/problems.jsonl")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # optimizer steps between evaluations (0 = only before and after training)
+    n: int = 16  # samples per problem (avg@n, pass@k, maj@k)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    greedy: bool = False
+    benchmarks: list[str] = field(default_factory=list)  # empty = the training benchmark
+    limit: int | None = None
+
+    def validate(self) -> None:
+        _check(self.every >= 0, "eval.every must be >= 0")
+        _check(self.n >= 1, "eval.n must be >= 1")
+        _check(self.temperature > 0, "eval.temperature must be > 0 (set eval.greedy=true for greedy)")
+        _check(0 < self.top_p <= 1, "eval.top_p must be in (0, 1]")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str | None = None  # default: <output_dir>/checkpoints
+    every: int = 20  # optimizer steps between checkpoints (0 = only at the end and on signals)
+    keep_last: int = 2
+    resume: str = "auto"  # auto (latest in dir, if any) | never | /path/to/a/step_dir
+
+    def validate(self) -> None:
+        _check(self.every >= 0, "checkpoint.every must be >= 0")
+        _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+        _check(bool(self.resume), "checkpoint.resume must be auto, never or a checkpoint path")
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "offline"  # offline | online | disabled (WANDB_MODE overrides)
+    wandb_project: str = "harmony_mcore"
+    progress: bool = True  # rich progress bars per phase (rank 0)
+    plot: bool = True  # PNG report of the curves at the end
+
+    def validate(self) -> None:
+        _check(self.wandb in ("offline", "online", "disabled"),
+               f"log.wandb={self.wandb!r}: use offline, online or disabled")
+
+
+@dataclass
+class ToyConfig:
+    """The embedded CPU default's task (data.benchmark=toy-arith): generated arithmetic problems."""
+
+    num_problems: int = 128  # the unlabeled test-time set
+    pretrain_steps: int = 370  # supervised warm start of the tiny model (cached)
+    pretrain_lr: float = 3e-3
+    pretrain_batch: int = 64
+    cache_dir: str | None = None  # None = $HARMONY_CACHE or ~/.cache/harmony_mcore
+
+    def validate(self) -> None:
+        _check(self.num_problems >= 1, "toy.num_problems must be >= 1")
+        _check(self.pretrain_steps >= 0, "toy.pretrain_steps must be >= 0")
 
 
 @dataclass
@@ -171,13 +248,91 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    steps: int | None = None  # None = epochs * (problems // problems_per_step)
-    eval_every: int = 0
-    save_every: int = 20
-    keep_last: int = 2
-    wandb: str = "offline"  # offline | online | disabled
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    toy: ToyConfig = field(default_factory=ToyConfig)
+    steps: int | None = None  # None = epochs * ceil(problems / problems_per_step)
+    # Where the cluster layout is meant to fit (read by `harmony plan`), e.g. "2x8xH100-80GB"; informative.
+    fits: str | None = None
 
     def validate(self) -> None:
-        for section in (self.model, self.parallel, self.rollout, self.algorithm, self.data):
+        for section in (self.model, self.parallel, self.rollout, self.algorithm, self.data, self.eval,
+                        self.checkpoint, self.log, self.toy):
             section.validate()
-        _check(self.wandb in ("offline", "online", "disabled"), f"wandb={self.wandb!r}: use offline, online or disabled")
+        _check(self.steps is None or self.steps >= 1, "steps must be >= 1 or null")
+        _check(self.model.path is not None or self.model.hf_config is not None or self.data.benchmark == "toy-arith",
+               "no model: set model.path=/path/to/hf_or_megatron_checkpoint (or model.hf_config for a random model)")
+        cons = self.algorithm.consensus
+        used = {cons.strategy} | ({cons.warmup_strategy} if cons.warmup_strategy and cons.warmup_steps > 0 else set())
+        one_view = self.data.views == "solver-only" or self.data.num_views == 1
+        if "ttrl" in used:
+            _check(one_view, "consensus strategy ttrl uses the solver view only: also set data.views=solver-only "
+                   "and data.num_views=1 (or use the preset group algorithm=ttrl)")
+        if one_view:
+            two_view = sorted(used & {"harmonic-mean", "power-mean", "weighted-invariant", "cross", "self"})
+            _check(not two_view, f"data.views=solver-only has one view but consensus uses {two_view}: use "
+                   "consensus.strategy=ttrl with consensus.warmup_strategy=null (or algorithm=ttrl)")
+        if "weighted-invariant" in used:
+            _check(self.data.num_views == 2, "consensus.strategy=weighted-invariant is defined for 2 views: "
+                   "set data.num_views=2 or use harmonic-mean / power-mean")
+
+
+# --- Loading: Hydra composition of configs/ over the schema above ---------------------------------
+
+CONFIG_DIR = Path(os.environ.get("HARMONY_CONFIG_DIR") or Path(__file__).resolve().parents[1] / "configs")
+SCHEMA_NAME = "harmony_schema"
+
+
+def presets() -> list[str]:
+    """Names of the experiment presets (the top-level files of configs/)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Compose a preset name ("cpu", "qwen3-4b-math500") or a YAML file with Hydra overrides
+    ("algorithm.lr=1e-6", "parallel=8b-2node"), merge it over the typed schema and validate it.
+
+    A user file may use the groups of configs/ in its defaults list. Any problem is a ConfigError.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)
+    name_or_path = name_or_path or "cpu"
+    path = Path(name_or_path).expanduser()
+    overrides = list(overrides)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found: pass an existing .yaml or a preset ({', '.join(presets())})")
+        config_dir, config_name = path.resolve().parent, path.stem
+        overrides.append(f"hydra.searchpath=[file://{CONFIG_DIR}]")
+    else:
+        if name_or_path not in presets():
+            raise ConfigError(f"unknown config {name_or_path!r}: use a preset ({', '.join(presets())}) "
+                              "or a path to a .yaml file")
+        config_dir, config_name = CONFIG_DIR, name_or_path
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            composed = compose(config_name=config_name, overrides=overrides)
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), composed)
+        cfg = OmegaConf.to_object(merged)
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = f" ({err.__cause__})" if err.__cause__ else ""
+        raise ConfigError(f"config {name_or_path!r} with overrides {overrides}: {err}{cause}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    cfg.validate()
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (saved into the run directory and checkpoints)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

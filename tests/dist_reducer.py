@@ -33,14 +33,17 @@ def expected(records, algo):
 
 
 def check(records, algo, rank, world, empty_rank=None):
+    """This rank's share through the reducer == the whole batch in one process, in reverse order
+    (records carry their batch index, so the layout must not matter)."""
     lo, hi = shard(records, rank, world, empty_rank)
     red = Reducer(algo, equivalence=ExactClasses() if rank == 0 else None)
     rewards, metrics = red(records[lo:hi], step=100)
-    want = expected(records, algo)
+    want = expected(records[::-1], algo)
+    want.rewards.reverse()
     assert rewards == want.rewards[lo:hi], (rank, rewards, want.rewards[lo:hi])
     for key, value in want.metrics.items():
         if not key.startswith("time/"):
-            assert metrics[key] == value, (key, metrics[key], value)
+            assert abs(metrics[key] - value) <= 1e-12 * max(1.0, abs(value)), (key, metrics[key], value)
     return metrics
 
 
@@ -69,6 +72,20 @@ def main():
     if rank == 0:
         print(f"reducer {len(big)} records on {world} ranks: gather {metrics['time/gather_s'] * 1e3:.1f} ms, "
               f"reduce total {metrics['time/reduce_s'] * 1e3:.1f} ms, wall {(time.perf_counter() - t0) * 1e3:.1f} ms")
+
+    # real math equivalence on rank 0, with answers that hang or blow up math-verify: the step
+    # finishes, bounded by the per-call timeout, and the incidents are counted
+    from harmony_mcore.answers import Equivalence
+
+    eq = Equivalence("math", timeout_s=1.0, workers=1) if rank == 0 else None
+    hostile = [Record("h", rank % 2, a) for a in ("12", "(10^{10})!", "9" * 100_000, "\\frac{24}{2}")]
+    rewards, metrics = Reducer(AlgorithmConfig(), equivalence=eq)(hostile, step=0)
+    # label 12 (= 24/2) in both views; half of each view matches it, so the sharpness penalty is 0
+    assert rewards == [1.0, 0.0, 0.0, 1.0], rewards
+    incidents = ("timeouts", "failures", "rejected_too_long", "rejected_huge")
+    assert sum(metrics.get(f"equivalence/{k}", 0) for k in incidents) >= 2, metrics  # both reported
+    if eq is not None:
+        eq.close()
 
     # a bad record on the last rank fails every rank with the reason, instead of hanging them
     bad = [Record("x", 0, "1")] if rank != world - 1 else [Record("x", -3, "1")]

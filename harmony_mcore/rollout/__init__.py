@@ -1,0 +1,42 @@
+"""Rollout engines: the protocol (base), transformers on CPU/tests (torch_engine), colocated vLLM (vllm_engine)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harmony_mcore.config import ConfigError, RolloutConfig
+from harmony_mcore.rollout.base import GenerationResult, RolloutEngine, Sample, SamplingParams
+
+__all__ = ["create_engine", "engine_kind", "GenerationResult", "RolloutEngine", "Sample", "SamplingParams"]
+
+_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def engine_kind(cfg: RolloutConfig, *, cuda: bool | None = None) -> str:
+    """'vllm' or 'torch' for rollout.engine (auto = vllm on a GPU, torch on CPU)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    kind = cfg.engine if cfg.engine != "auto" else ("vllm" if cuda else "torch")
+    if kind == "vllm" and not cuda:
+        raise ConfigError("rollout.engine=vllm needs a CUDA GPU: use rollout.engine=torch (or auto) on CPU")
+    return kind
+
+
+def create_engine(cfg: RolloutConfig, *, hf_config: dict[str, Any], tokenizer, model_path: str | None = None,
+                  dtype: str = "bf16", seed: int = 0, max_model_len: int | None = None) -> RolloutEngine:
+    """The engine for this run; its weights are placeholders until the first bridge sync.
+
+    vLLM needs `model_path`: an HF directory with config.json and tokenizer files (weights not read).
+    """
+    kind = engine_kind(cfg)
+    if kind == "torch":
+        from harmony_mcore.rollout.torch_engine import TorchEngine
+
+        return TorchEngine.from_hf_config(hf_config, tokenizer, dtype=_TORCH_DTYPES[dtype])
+    if model_path is None:
+        raise ConfigError("rollout.engine=vllm needs an HF model directory (config.json + tokenizer): set model.path")
+    from harmony_mcore.rollout.vllm_engine import VllmEngine
+
+    return VllmEngine(cfg, model_path, dtype=dtype, seed=seed,
+                      max_model_len=max_model_len or cfg.max_prompt_tokens + cfg.max_response_tokens)

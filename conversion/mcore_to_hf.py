@@ -1,0 +1,144 @@
+"""Megatron-Core torch_dist checkpoint (converted or saved by the trainer) -> HF safetensors.
+
+Reads one layer of one tensor at a time and streams it into shards of at most --max-shard-size,
+written with an index, config and tokenizer files, so `AutoModelForCausalLM.from_pretrained(OUT)`
+and vLLM load OUT unchanged. Padded vocab rows are trimmed; a tied output layer is not written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from conversion.common import HF_SUBDIR, ConversionError, atomic_output, copy_side_files, read_hf_config
+from harmony_mcore.bridge.dist_ckpt import CheckpointReader, is_dist_checkpoint
+from harmony_mcore.bridge.mapping import VOCAB, Mapping, get_mapping
+from harmony_mcore.bridge.safetensors_io import ShardedSafetensorsWriter
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_MODEL_PREFIXES = ("embedding.", "decoder.", "output_layer.")  # everything else: optimizer, RNG, ...
+_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", text.upper())
+    if not m:
+        raise ConversionError(f"--max-shard-size {text!r}: use e.g. 5GB, 500MB")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+
+
+def find_checkpoint(path: Path) -> Path:
+    """The dist checkpoint at `path`: itself, a trainer step's `model/`, or the newest step of a
+    run's checkpoint directory (`step_*/model`, also under `checkpoints/`)."""
+    if is_dist_checkpoint(path):
+        return path
+    if is_dist_checkpoint(path / "model"):
+        return path / "model"
+    for root in (path, path / "checkpoints"):
+        steps = sorted(p for p in root.glob("step_*") if is_dist_checkpoint(p / "model")) if root.is_dir() else []
+        if steps:
+            return steps[-1] / "model"
+    raise ConversionError(f"--ckpt {path}: not a Megatron-Core distributed checkpoint (no metadata.json), a "
+                          "trainer step directory or a run's checkpoint directory")
+
+
+def find_hf_config_dir(ckpt: Path, given: Path | None) -> Path:
+    """--hf-config, else an `hf/` directory next to the checkpoint or a few levels up (a converted
+    checkpoint keeps one; a run keeps the one of its initial conversion, e.g. `initial_mcore/hf`)."""
+    if given is not None:
+        if not (given / "config.json").is_file():
+            raise ConversionError(f"--hf-config {given}: no config.json there")
+        return given
+    for level in [ckpt, *list(ckpt.parents)[:4]]:
+        found = sorted(level.glob(f"{HF_SUBDIR}/config.json")) + sorted(level.glob(f"*/{HF_SUBDIR}/config.json"))
+        if found:
+            return found[0].parent
+    raise ConversionError(f"no HF config.json found for {ckpt} (no hf/ directory beside it or up to 4 levels "
+                          "above): pass --hf-config DIR, the HF model directory the checkpoint started from")
+
+
+def check_keys(mapping: Mapping, reader: CheckpointReader) -> None:
+    """Every megatron tensor of the model is stored with the config's shape; no stray model tensors."""
+    expected = {}
+    for name in mapping.mcore_names():
+        rule, layer = mapping.rule(name)
+        shape = mapping.mcore_shape(name)
+        expected[rule.checkpoint_key] = (rule, shape if layer is None else (mapping.num_layers, *shape))
+    stored = {k for k in reader.tensors if k.startswith(_MODEL_PREFIXES)}
+    missing = sorted(set(expected) - stored)
+    unused = sorted(stored - set(expected))
+    if missing:
+        raise ConversionError(f"{reader.path}: missing tensors for {mapping.arch}: {missing[:8]} (a checkpoint of "
+                              "another model, or the wrong --hf-config?)")
+    if unused:
+        raise ConversionError(f"{reader.path}: tensors not used by {mapping.arch}: {unused[:8]} (wrong "
+                              "--hf-config, or an unsupported model variant)")
+    for key, (rule, shape) in expected.items():
+        got = reader.shape(key)
+        ok = (got[0] >= shape[0] and got[1:] == shape[1:]) if rule.tp == VOCAB else got == shape
+        if not ok:
+            raise ConversionError(f"{reader.path}: {key} has shape {got}, config.json implies {shape}")
+
+
+def _read(mapping: Mapping, reader: CheckpointReader, name: str) -> torch.Tensor:
+    rule, layer = mapping.rule(name)
+    if layer is None:
+        return reader.read(rule.checkpoint_key)
+    shape = reader.shape(rule.checkpoint_key)
+    return reader.read(rule.checkpoint_key, (layer,) + (0,) * (len(shape) - 1), (1, *shape[1:]))[0]
+
+
+def convert(ckpt: str | Path, out: str | Path, *, hf_config: str | Path | None = None, dtype: str | None = None,
+            max_shard_size: str = "5GB", overwrite: bool = False, log=print) -> dict:
+    """Export a Megatron-Core checkpoint at `ckpt` to an HF model directory at `out`."""
+    ckpt, out = Path(ckpt), Path(out)
+    if out.exists() and not overwrite:
+        raise ConversionError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+    shard_bytes = parse_size(max_shard_size)
+    ckpt = find_checkpoint(ckpt)
+    cfg_dir = find_hf_config_dir(ckpt, Path(hf_config) if hf_config else None)
+    config = read_hf_config(cfg_dir)
+    mapping = get_mapping(config)
+    reader = CheckpointReader(ckpt)
+    check_keys(mapping, reader)
+
+    names = mapping.mcore_names()
+    out_dtype = {n: DTYPES[dtype] if dtype else reader.dtype(mapping.rule(n)[0].checkpoint_key) for n in names}
+    plan = []
+    for name in names:
+        shape = mapping.mcore_shape(name)
+        fake = torch.empty(shape, dtype=out_dtype[name], device="meta")
+        plan += [(n, t.dtype, tuple(t.shape)) for n, t in mapping.mcore_to_hf(name, fake)]
+    start = time.perf_counter()
+    with atomic_output(out, overwrite) as tmp:
+        writer = ShardedSafetensorsWriter(tmp, plan, shard_bytes)
+        for name in names:
+            for hf_name, t in mapping.mcore_to_hf(name, _read(mapping, reader, name).to(out_dtype[name])):
+                writer.write(hf_name, t)
+        writer.finish()
+        copy_side_files(cfg_dir, tmp)
+        dtypes = set(out_dtype.values())
+        if len(dtypes) == 1:
+            _set_config_dtype(tmp / "config.json", _DTYPE_NAMES.get(dtypes.pop()))
+    seconds = round(time.perf_counter() - start, 3)
+    log(f"wrote {out} ({mapping.arch}, {len(plan)} tensors in {len(writer.files)} shard(s)) from {ckpt} "
+        f"(HF config and tokenizer from {cfg_dir}) in {seconds} s")
+    return {"checkpoint": str(ckpt), "hf_config": str(cfg_dir), "tensors": len(plan), "shards": len(writer.files),
+            "seconds": seconds}
+
+
+def _set_config_dtype(path: Path, name: str | None) -> None:
+    """Record the exported dtype in config.json (transformers 4.x key `torch_dtype`, 5.x `dtype`)."""
+    if name is None:
+        return
+    config = json.loads(path.read_text())
+    keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
+    if all(config.get(k) == name for k in keys):
+        return  # keep the file byte-identical when nothing changes
+    for k in keys:
+        config[k] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

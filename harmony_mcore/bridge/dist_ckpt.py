@@ -1,0 +1,229 @@
+"""Megatron-Core dist-checkpoint (torch_dist format) streaming I/O, without building a model.
+
+A torch_dist checkpoint is a torch.distributed.checkpoint (DCP) directory (`.metadata` +
+`__*.distcp`) plus megatron's `metadata.json` and `common.pt`. Tensor keys are megatron's sharded
+keys, e.g. `decoder.layers.mlp.linear_fc1.weight`, whose layers are stacked along a leading axis
+of size num_layers; each stored chunk is one (layer, TP shard) piece. `GPTModel.sharded_state_dict()`
+of any TP/PP asks for exactly these keys, and DCP reads the overlapping chunks (reshard at load).
+
+- `write_checkpoint`: a planned list of chunks whose data is produced on demand, one at a time,
+  while DCP writes them (a custom SavePlanner resolves each chunk only when it is written).
+- `CheckpointReader`: reads any sub-block of a stored tensor (e.g. one layer).
+- `load_model_weights`: load such a checkpoint into live megatron model chunks (trainer, tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint import save as dcp_save
+from torch.distributed.checkpoint.default_planner import create_default_global_save_plan
+from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, MetadataIndex, TensorProperties,
+                                                   TensorStorageMetadata)
+from torch.distributed.checkpoint.planner import (LoadPlan, LoadPlanner, SavePlan, SavePlanner,
+                                                  TensorWriteData, WriteItem, WriteItemType)
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+CONFIG_NAME = "metadata.json"  # megatron's marker of a dist checkpoint
+COMMON_NAME = "common.pt"
+TORCH_DIST = {"sharded_backend": "torch_dist", "sharded_backend_version": 1,
+              "common_backend": "torch", "common_backend_version": 1}
+
+
+class CheckpointError(ValueError):
+    """An unreadable, incomplete or foreign checkpoint, with the path in the message."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    key: str
+    global_shape: tuple[int, ...]
+    dtype: torch.dtype
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+
+
+class _StreamingSavePlanner(SavePlanner):
+    """Plans the given chunks and produces each one's data only when DCP writes it."""
+
+    def __init__(self, chunks: Sequence[Chunk], produce: Callable[[Chunk], torch.Tensor]):
+        self._chunks = {(c.key, c.offsets): c for c in chunks}
+        self._produce = produce
+
+    def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
+        pass  # the plan comes from the chunk list, not from a state dict
+
+    def create_local_plan(self) -> SavePlan:
+        items = [WriteItem(index=MetadataIndex(c.key, torch.Size(c.offsets)), type=WriteItemType.SHARD,
+                           tensor_data=TensorWriteData(
+                               chunk=ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)),
+                               properties=TensorProperties(dtype=c.dtype), size=torch.Size(c.global_shape)))
+                 for c in self._chunks.values()]
+        return SavePlan(items)
+
+    def create_global_plan(self, all_plans: list[SavePlan]):
+        return create_default_global_save_plan(all_plans)
+
+    def finish_plan(self, new_plan: SavePlan) -> SavePlan:
+        return new_plan
+
+    def resolve_data(self, write_item: WriteItem) -> torch.Tensor:
+        chunk = self._chunks[(write_item.index.fqn, tuple(write_item.index.offset))]
+        data = self._produce(chunk)
+        if tuple(data.shape) != chunk.sizes or data.dtype != chunk.dtype:
+            raise RuntimeError(f"{chunk.key}@{chunk.offsets}: produced {data.dtype} {tuple(data.shape)}, "
+                               f"planned {chunk.dtype} {chunk.sizes}")
+        return data
+
+
+@contextlib.contextmanager
+def _no_zip_crc() -> Iterator[None]:
+    """Skip torch.save's CRC32 of every item (a third of the CPU time of a save; torch.load ignores it)."""
+    cfg = getattr(getattr(getattr(torch, "utils", None), "serialization", None), "config", None)
+    save_cfg = getattr(cfg, "save", None)
+    if save_cfg is None or not hasattr(save_cfg, "compute_crc32"):
+        yield
+        return
+    old, save_cfg.compute_crc32 = save_cfg.compute_crc32, False
+    try:
+        yield
+    finally:
+        save_cfg.compute_crc32 = old
+
+
+def write_checkpoint(out_dir: str | os.PathLike, chunks: Sequence[Chunk],
+                     produce: Callable[[Chunk], torch.Tensor]) -> None:
+    """Write a torch_dist checkpoint into the (existing, empty) `out_dir`; single process."""
+    out = Path(out_dir)
+    writer = FileSystemWriter(str(out), single_file_per_rank=True, sync_files=True, thread_count=1)
+    with warnings.catch_warnings(), _no_zip_crc():  # "saving in a single process" is what we mean
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        try:
+            dcp_save({}, storage_writer=writer, planner=_StreamingSavePlanner(chunks, produce), no_dist=True)
+        except CheckpointException as e:  # a BaseException wrapping ours: re-raise the original
+            raise next(iter(e.failures.values()))[0] from None
+    torch.save({}, out / COMMON_NAME)
+    (out / CONFIG_NAME).write_text(json.dumps(TORCH_DIST))
+
+
+class _SliceLoadPlanner(LoadPlanner):
+    def __init__(self, key: str, target: torch.Tensor, items):
+        self.key, self.target, self.items = key, target, items
+
+    def set_up_planner(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def create_local_plan(self) -> LoadPlan:
+        return LoadPlan(self.items)
+
+    def create_global_plan(self, global_plan):
+        return global_plan
+
+    def finish_plan(self, new_plan: LoadPlan) -> LoadPlan:
+        return new_plan
+
+    def load_bytes(self, read_item, value) -> None:
+        raise RuntimeError("unexpected bytes item while reading a tensor")
+
+    def resolve_tensor(self, read_item) -> torch.Tensor:
+        t = self.target
+        for dim, (off, n) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
+            t = t.narrow(dim, off, n)
+        return t
+
+    def commit_tensor(self, read_item, tensor) -> None:
+        pass
+
+
+def is_dist_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG_NAME).is_file()
+
+
+class CheckpointReader:
+    """Random access to the tensors of a torch_dist checkpoint, one block at a time."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not is_dist_checkpoint(self.path):
+            raise CheckpointError(f"{self.path}: not a Megatron-Core distributed checkpoint (no {CONFIG_NAME})")
+        try:
+            backend = json.loads((self.path / CONFIG_NAME).read_text()).get("sharded_backend")
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{self.path / CONFIG_NAME}: corrupt ({e})") from None
+        if backend != "torch_dist":
+            raise CheckpointError(f"{self.path}: sharded_backend {backend!r}; only torch_dist checkpoints "
+                                  "are supported (save with megatron's default torch_dist format)")
+        self._reader = FileSystemReader(str(self.path))
+        try:
+            metadata = self._reader.read_metadata()
+        except Exception as e:  # unpickling a damaged file raises many kinds of errors
+            raise CheckpointError(f"{self.path / '.metadata'}: missing, truncated or corrupt ({e})") from None
+        self._reader.set_up_storage_reader(metadata, True)
+        self.tensors: dict[str, TensorStorageMetadata] = {
+            k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+        self.other_keys = sorted(set(metadata.state_dict_metadata) - set(self.tensors))
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].size)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.tensors[key].properties.dtype
+
+    def read(self, key: str, offsets: Sequence[int] | None = None, sizes: Sequence[int] | None = None) -> torch.Tensor:
+        """The block [offsets, offsets + sizes) of tensor `key` (all of it by default)."""
+        md = self.tensors[key]
+        offsets = tuple(offsets) if offsets is not None else (0,) * len(md.size)
+        sizes = tuple(sizes) if sizes is not None else tuple(md.size)
+        target = torch.empty(sizes, dtype=md.properties.dtype)
+        want = ChunkStorageMetadata(torch.Size(offsets), torch.Size(sizes))
+        items = create_read_items_for_chunk_list(key, md, [want])
+        covered = sum(int(torch.Size(it.lengths).numel()) for it in items)
+        if covered != target.numel():
+            raise CheckpointError(f"{self.path}: {key} block {offsets}+{sizes} is not fully stored "
+                                  f"({covered} of {target.numel()} elements); the checkpoint is incomplete")
+        planner = _SliceLoadPlanner(key, target, items)
+        plan = self._reader.prepare_local_plan(LoadPlan(items))
+        (plan,) = self._reader.prepare_global_plan([plan])
+        try:
+            self._reader.read_data(plan, planner).wait()
+        except Exception as e:  # torch.load / short reads of a damaged data file
+            raise CheckpointError(f"{self.path}: data for {key} is truncated or corrupt ({type(e).__name__}: "
+                                  f"{e})") from None
+        return target
+
+
+def load_model_weights(model_chunks: Sequence[torch.nn.Module], path: str | os.PathLike) -> None:
+    """Load a converted (or model-only) torch_dist checkpoint into megatron model chunks, any TP/PP.
+
+    TE modules' `_extra_state` (FP8 bookkeeping) is not in converted checkpoints and keeps its
+    initial value; every other parameter must be loaded, or this raises.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    stored = CheckpointReader(path)
+    stored_objects = {k.split("/shard_")[0] for k in stored.other_keys}
+    for model in model_chunks:
+        sharded = model.sharded_state_dict()
+        sharded = {k: v for k, v in sharded.items()
+                   if not (isinstance(v, ShardedObject) and v.key not in stored_objects)}
+        missing_keys = sorted({v.key for v in sharded.values()
+                               if not isinstance(v, ShardedObject) and hasattr(v, "key")
+                               and v.key not in stored.tensors})
+        if missing_keys:
+            raise CheckpointError(f"{path}: checkpoint lacks {missing_keys[:5]} (built for another model "
+                                  "family or config?)")
+        loaded = dist_checkpointing.load(sharded, str(path))
+        result = model.load_state_dict(loaded, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(f"{path}: loading left {missing[:5]} unset and {result.unexpected_keys[:5]} "
+                                  "unused")

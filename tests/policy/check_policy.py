@@ -1,0 +1,144 @@
+"""torchrun script: policy log-probs and one GRPO step vs plain-torch HF references, for each family.
+
+Usage: torchrun --nproc_per_node N check_policy.py LAYOUT [LAYOUT ...], LAYOUT = TPxPP[vVPP], e.g. 2x2 1x2v2
+(DP = N / (TP*PP)). Layouts run one after another in the same processes (Megatron's
+groups are rebuilt), which saves a launch's imports per layout. Each rank checks its own results; any mismatch
+raises (non-zero exit). Rank 0 prints a summary per layout.
+"""
+
+import copy
+import sys
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from support import TINY, hf_model, hf_row_logprobs, make_batch
+
+from harmony_mcore.bridge.mapping import get_mapping
+from harmony_mcore.config import AlgorithmConfig, ParallelConfig
+from harmony_mcore.models.builder import global_name
+from harmony_mcore.parallel import destroy_distributed, init_distributed, init_model_parallel
+from harmony_mcore.policy import Policy, ViewBatch, hf_weight_shard
+
+TEMP = 0.7
+ALGO = AlgorithmConfig(lr=1e-4, weight_decay=0.01, grad_clip=0.05, warmup_ratio=0.0, kl_coef=0.1)
+
+
+def check_logprobs(pol, hf, ids, attn):
+    logp, ent = pol.logprobs(ids, attn, temperature=TEMP, with_entropy=True)
+    _, certainty = pol.logprobs(ids, attn, temperature=TEMP, with_self_certainty=True)
+    ref_logp, _ = pol.logprobs(ids, attn, temperature=TEMP, reference=True)
+    err = stat_err = 0.0
+    for r in range(ids.shape[0]):
+        real = attn[r].bool()
+        want, want_ent, want_certainty = hf_row_logprobs(hf, ids[r, real], TEMP)
+        err = max(err, (logp[r, real][1:] - want).abs().max().item())
+        stat_err = max(stat_err, (ent[r, real][1:] - want_ent).abs().max().item(),
+                       (certainty[r, real][1:] - want_certainty).abs().max().item())
+        assert (logp[r, ~real] == 0).all() and logp[r, real][0] == 0
+    assert err < 1e-5 and stat_err < 1e-5, (err, stat_err)
+    assert torch.equal(ref_logp, logp), "reference must equal the policy right after sync_reference()"
+    return logp, err, stat_err
+
+
+def plain_torch_step(hf, views, pg_flags):
+    """The same GRPO step written out with HF per-row forwards, explicit formulas and torch's utilities."""
+    model = copy.deepcopy(hf)
+    total = 0.0
+    for view, pg_on in zip(views, pg_flags):
+        mask = view.response_mask * view.attention_mask
+        denom = sum(mask[r, view.attention_mask[r].bool()][1:].sum() for r in range(mask.shape[0]))
+        for r in range(mask.shape[0]):
+            real = view.attention_mask[r].bool()
+            logp, _, _ = hf_row_logprobs(model, view.input_ids[r, real], TEMP)
+            m = mask[r, real][1:].float()
+            old, ref, A = view.old_logp[r, real][1:], view.ref_logp[r, real][1:], view.advantages[r]
+            ratio = torch.exp(logp - old)
+            pg = torch.maximum(-A * ratio, -A * ratio.clamp(1 - ALGO.clip_low, 1 + ALGO.clip_high))
+            if A < 0:
+                pg = torch.minimum(pg, -A * ALGO.dual_clip)
+            kl = torch.exp(ref - logp) - (ref - logp) - 1
+            total = total + ((pg if pg_on else 0.0) + ALGO.kl_coef * kl).mul(m).sum() / denom
+    total.backward()
+    params = list(model.parameters())
+    norm = torch.nn.utils.clip_grad_norm_(params, ALGO.grad_clip)
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": ALGO.weight_decay},
+                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                            lr=ALGO.lr, betas=ALGO.betas, eps=1e-8)
+    opt.step()
+    return model, total.item(), norm.item()
+
+
+def check_train(pol, hf, name, ids, attn, resp, logp):
+    g = torch.Generator().manual_seed(7)
+    B, T = ids.shape
+    # Three views: the solver, a reframe view with its own (shorter) mask, and a KL-only view.
+    masks = [resp, resp * (torch.rand(B, T, generator=g) > 0.3), resp]
+    pg_flags = [True, True, False]
+    views = [ViewBatch(ids, attn, m.long(), old_logp=logp + 0.3 * torch.randn(B, T, generator=g),
+                       advantages=torch.randn(B, generator=g), ref_logp=logp + 0.3 * torch.randn(B, T, generator=g),
+                       policy_gradient=pg) for m, pg in zip(masks, pg_flags)]
+    metrics = pol.train_step(views, step=0, temperature=TEMP)
+    want_model, want_loss, want_norm = plain_torch_step(hf, views, pg_flags)
+    assert want_norm > ALGO.grad_clip, "the check must exercise gradient clipping"
+    assert abs(metrics["loss"] - want_loss) < 1e-5 * max(1.0, abs(want_loss)), (metrics["loss"], want_loss)
+    assert abs(metrics["grad_norm"] - want_norm) < 1e-5 * max(1.0, want_norm), (metrics["grad_norm"], want_norm)
+    assert metrics["skipped"] == 0.0
+    want_sd, mapping = want_model.state_dict(), get_mapping(TINY[name])
+    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    werr = moved = 0.0
+    for module in pol.modules:
+        for n, p in module.named_parameters():
+            want = hf_weight_shard(mapping, global_name(module, n), want_sd.__getitem__, module.vocab_size, tp, rank)
+            werr = max(werr, (p.detach() - want).abs().max().item())
+    for p0, p1 in zip(hf.parameters(), want_model.parameters()):
+        moved = max(moved, (p0 - p1).abs().max().item())
+    assert werr < 1e-5 and moved > 5e-5, (werr, moved)
+    # A non-finite gradient skips the update and leaves the weights alone.
+    before = [p.detach().clone() for m in pol.modules for p in m.parameters()]
+    bad = copy.copy(views[0])
+    bad.advantages = views[0].advantages.clone()
+    bad.advantages[0] = float("nan")
+    skipped = pol.train_step([bad], step=1, temperature=TEMP)
+    after = [p.detach() for m in pol.modules for p in m.parameters()]
+    assert skipped["skipped"] == 1.0 and all(torch.equal(a, b) for a, b in zip(before, after)), skipped
+    return metrics["loss"], werr, moved
+
+
+def parse(layout: str) -> ParallelConfig:
+    tp, rest = layout.split("x")
+    pp, _, vpp = rest.partition("v")
+    return ParallelConfig(tp=int(tp), pp=int(pp), vpp=int(vpp) if vpp else None, micro_batch_size=2,
+                          distributed_optimizer=False)
+
+
+def check_layout(par: ParallelConfig) -> list[str]:
+    lines = []
+    for seed, name in enumerate(TINY):
+        hf = hf_model(name, seed)
+        pol = Policy(TINY[name], par, ALGO, dtype="fp32", total_steps=1)
+        pol.load_hf_weights(hf.state_dict())
+        ids, attn, resp = make_batch(seed)
+        logp, err, stat_err = check_logprobs(pol, hf, ids, attn)
+        loss, werr, moved = check_train(pol, hf, name, ids, attn, resp, logp)
+        lines.append(f"  {name}: logp err {err:.2e} entropy/self-certainty err {stat_err:.2e} | step loss {loss:.6f} "
+                     f"weight err {werr:.2e} (update size {moved:.2e})")
+    return lines
+
+
+def main():
+    layouts = [parse(a) for a in sys.argv[1:]]
+    init_distributed(layouts[0], seed=1)
+    for par in layouts:
+        init_model_parallel(par, seed=1)
+        lines = check_layout(par)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            dp = dist.get_world_size() // (par.tp * par.pp)
+            print(f"POLICY OK tp={par.tp} pp={par.pp} vpp={par.vpp} dp={dp}")
+            print("\n".join(lines), flush=True)
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()

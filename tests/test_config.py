@@ -1,0 +1,99 @@
+"""Config composition: every file in configs/ composes over the typed schema and validates."""
+
+from pathlib import Path
+
+import pytest
+
+from harmony_mcore.config import CONFIG_DIR, ConfigError, RunConfig, load_config, presets, to_yaml
+
+GROUPS = ("model", "data", "algorithm", "parallel", "rollout")
+
+
+def test_every_preset_composes_and_validates():
+    names = presets()
+    assert {"cpu", "reference", "qwen3-4b-math500", "qwen3-8b-math500-2node", "qwen3-8b-math500-4node",
+            "qwen3-32b-math500-8node", "llama3.2-3b-math500", "llama3.1-8b-math500", "qwen3-1.7b-math500"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert isinstance(cfg, RunConfig) and cfg.name == name
+        if name != "cpu":
+            assert cfg.model.hf_config and cfg.model.path and cfg.fits, name
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_file_composes(group):
+    files = sorted((CONFIG_DIR / group).glob("*.yaml"))
+    assert files
+    for f in files:
+        cfg = load_config("qwen3-4b-math500", [f"{group}={f.stem}"])
+        if group == "data":
+            assert cfg.data.benchmark == f.stem
+        if group == "model":
+            assert cfg.model.hf_config["num_hidden_layers"] >= 1
+
+
+def test_paper_hyperparameters_in_presets():
+    cfg = load_config("qwen3-4b-math500")
+    a, r = cfg.algorithm, cfg.rollout
+    assert (a.lr, a.kl_coef, a.clip_low, a.clip_high, a.dual_clip, a.grad_clip) == (3e-6, 0.005, 0.2, 0.2, 3.0, 1.0)
+    assert (r.n, r.temperature, r.top_p, r.max_prompt_tokens, r.max_response_tokens) == (16, 1.0, 1.0, 1024, 3072)
+    assert (cfg.data.problems_per_step, cfg.data.epochs) == (128, 100)
+    assert (a.consensus.strategy, a.consensus.warmup_steps) == ("harmonic-mean", 20)
+
+
+def test_layouts_for_8b():
+    two, four = load_config("qwen3-8b-math500-2node"), load_config("qwen3-8b-math500-4node")
+    assert two.fits.startswith("2x") and four.fits.startswith("4x")
+    assert (four.parallel.tp, four.parallel.pp) == (2, 2)
+
+
+def test_reference_preset_reproduces_the_reference_path():
+    cfg = load_config("reference")
+    c = cfg.algorithm.consensus
+    assert (c.match, c.reward_match) == ("exact", "math")
+    assert cfg.algorithm.format_penalty == 0 and cfg.algorithm.sharpness_coef == 0
+
+
+def test_baseline_switch_sets_solver_only_views():
+    cfg = load_config("cpu", ["algorithm=ttrl"])
+    assert cfg.algorithm.consensus.strategy == "ttrl" and cfg.data.views == "solver-only"
+    assert cfg.algorithm.lr == 1e-4  # the preset's own values still apply over the group
+
+
+def test_overrides_and_user_file(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("defaults:\n  - harmony_schema\n  - model: qwen3-8b-base\n  - data: gsm8k\n"
+                    "  - algorithm: cross\n  - parallel: 1node-tp2\n  - rollout: vllm\n  - _self_\n"
+                    "name: mine\nalgorithm: {lr: 1.0e-6}\n")
+    cfg = load_config(str(user), ["rollout.n=4"])
+    assert (cfg.name, cfg.data.benchmark, cfg.algorithm.consensus.strategy) == ("mine", "gsm8k", "cross")
+    assert (cfg.algorithm.lr, cfg.rollout.n, cfg.parallel.tp) == (1e-6, 4, 2)
+    # the resolved YAML round-trips through the loader
+    again = tmp_path / "again.yaml"
+    again.write_text(to_yaml(cfg))
+    assert load_config(str(again)) == cfg
+
+
+@pytest.mark.parametrize("name, overrides, fix", [
+    ("nope", [], "use a preset"),
+    ("/no/such/file.yaml", [], "not found"),
+    ("cpu", ["algorithm.lr=-1"], "algorithm.lr must be > 0"),
+    ("cpu", ["algorithm.bogus=1"], "algorithm.bogus"),
+    ("cpu", ["model=nope"], "Available options"),
+    ("cpu", ["rollout.n=abc"], "rollout.n"),
+    ("cpu", ["algorithm.consensus.strategy=ttrl"], "data.views=solver-only"),
+    ("qwen3-4b-math500", ["data.views=solver-only", "data.num_views=1", "algorithm.consensus.strategy=ttrl"], "warmup_strategy=null"),
+    ("cpu", ["data.views=solver-only"], "consensus.strategy=ttrl"),
+    ("cpu", ["algorithm.consensus.strategy=weighted-invariant", "data.num_views=3"], "data.num_views=2"),
+    ("cpu", ["algorithm.consensus.match=fuzzy"], "consensus.match"),
+    ("cpu", ["parallel.vpp=2"], "parallel.pp > 1"),
+    ("cpu", ["log.wandb=maybe"], "log.wandb"),
+    ("qwen3-4b-math500", ["model.path=null", "model.hf_config=null"], "model.path="),
+])
+def test_bad_configs_name_the_fix(name, overrides, fix):
+    with pytest.raises(ConfigError, match=fix.replace(".", r"\.").replace("(", r"\(")):
+        load_config(name, overrides)
+
+
+def test_configs_dir_is_the_repo_one():
+    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "configs"

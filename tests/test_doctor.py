@@ -1,0 +1,129 @@
+"""`harmony doctor`: the real report on this machine, and the decisions on simulated environments."""
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from harmony_mcore import doctor
+from harmony_mcore.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = {"python": "3.12.3", "torch": "2.8.0+cu128", "megatron-core": "0.16.1", "transformers": "4.57.1",
+        "math-verify": "0.9.0", "hydra-core": "1.3.2", "psutil": "7.0.0", "wandb": "0.21.0", "vllm": "0.11.0",
+        "transformer-engine": "2.8.0", "apex": None, "nvidia-modelopt": None}
+H100X8 = doctor.GpuInfo(cuda="12.8", nccl="2.27.3", devices=[{"name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.1}] * 8,
+                        peer_access=True)
+
+
+def test_on_this_machine_the_cpu_path_passes_and_gpu_packages_show_missing(capsys):
+    import torch
+
+    rc = doctor.main(["--json"])
+    report = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in report["components"]}
+    assert rc == 0 and report["ok"], report["problems"]
+    assert set(rows) == {c.name for c in doctor.SUPPORTED}
+    assert rows["megatron-core"]["status"] == "ok" and rows["torch"]["version"] == torch.__version__
+    if not torch.cuda.is_available():
+        assert report["gpus"] == [] and report["cannot_run_here"]
+        for name in ("vllm", "transformer-engine"):
+            if rows[name]["version"] is None:
+                assert rows[name]["status"] == "missing (GPU)" and rows[name]["fix"]
+    assert doctor.main([]) == 0 and "harmony doctor" in capsys.readouterr().out  # the one-screen table
+
+
+def test_a_supported_gpu_node_is_ok():
+    report = doctor.diagnose(GOOD, H100X8, requires={"vllm": ["torch==2.8.0", "xformers; extra == 'x'"]})
+    assert report["ok"], report["problems"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"megatron-core": None}, "megatron-core is missing (-; supported >=0.16,<0.20), needed by every run: "
+                              "pip install 'megatron-core>=0.16,<0.20'"),
+    ({"megatron-core": "0.20.0"}, "megatron-core is unsupported (0.20.0"),
+    ({"hydra-core": "1.4.0.dev1"}, "hydra-core is unsupported"),
+    ({"vllm": None}, "vllm is missing (-; supported >=0.11,<0.12), needed by rollout.engine=auto on a GPU"),
+    ({"torch": "2.5.1"}, "torch is unsupported (2.5.1; supported >=2.6)"),
+])
+def test_missing_or_unsupported_needed_packages_fail_with_the_fix(change, message):
+    report = doctor.diagnose(GOOD | change, H100X8)
+    assert not report["ok"]
+    assert any(p.startswith(message) for p in report["problems"]), report["problems"]
+
+
+def test_optional_packages_never_fail():
+    report = doctor.diagnose(GOOD | {"nvidia-modelopt": None, "apex": None, "transformer-engine": None}, H100X8)
+    assert report["ok"]
+
+
+def test_the_config_decides_what_is_needed():
+    cpu_box = doctor.GpuInfo()
+    cpu = load_config("cpu")
+    no_gpu_pkgs = GOOD | {"vllm": None, "transformer-engine": None}
+    assert doctor.diagnose(no_gpu_pkgs, cpu_box, cpu)["ok"]
+    gpu_run = load_config("qwen3-8b-math500")
+    report = doctor.diagnose(no_gpu_pkgs, cpu_box, gpu_run)
+    assert not report["ok"]
+    assert any("needed by rollout.engine=vllm" in p for p in report["problems"])
+    assert any(p.startswith("rollout.engine=vllm needs a CUDA GPU: on this machine use rollout.engine=torch")
+               for p in report["problems"])
+    assert cpu.log.wandb == "disabled" and doctor.diagnose(GOOD | {"wandb": None}, cpu_box, cpu)["ok"]
+    logged = load_config("cpu", ["log.wandb=offline"])
+    assert not doctor.diagnose(GOOD | {"wandb": None}, cpu_box, logged)["ok"]
+
+
+def test_installed_packages_pins_on_each_other_are_checked():
+    pins = {"vllm": ["torch==2.8.0", "transformers>=4.56.0", "tensorizer; extra == 'tensorizer'"]}
+    report = doctor.diagnose(GOOD | {"torch": "2.9.1+cu128"}, H100X8, requires=pins)
+    assert report["combination_problems"] == [
+        "vllm 0.11.0 requires torch==2.8.0, found 2.9.1+cu128: install the torch version vllm was built for"]
+    assert not report["ok"]
+    assert doctor.diagnose(GOOD | {"transformers": "4.55.0"}, H100X8, requires=pins)["combination_problems"]
+    assert not doctor.diagnose(GOOD | {"vllm": None}, doctor.GpuInfo(), requires=pins)["combination_problems"]
+
+
+def test_docs_quote_the_matrix():
+    text = (REPO / "docs/ops.md").read_text()
+    table = text.split("<!-- supported-matrix -->")[1].split("<!-- /supported-matrix -->")[0]
+    rows = re.findall(r"^\| ([\w-]+) \| (\S+) \| (\w+) \|$", table, re.M)[1:]  # [0] is the header
+    expected = [(c.name, (f">={c.minimum}" if c.minimum else "any") + (f",<{c.below}" if c.below else ""), c.need)
+                for c in doctor.SUPPORTED]
+    assert rows == expected
+
+
+def test_pyproject_bounds_follow_the_matrix():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"] + sum(project["optional-dependencies"].values(), [])]
+    reqs.append(Requirement("python" + project["requires-python"]))
+    checked = 0
+    for req in reqs:
+        comp = next((c for c in doctor.SUPPORTED if req.name in c.dists or req.name == c.name), None)
+        if comp is None:
+            continue
+        for spec in req.specifier:
+            if spec.operator == ">=":
+                assert spec.version == comp.minimum, (req, comp)
+            elif spec.operator == "<":
+                assert spec.version == comp.below, (req, comp)
+            elif spec.operator == "==":
+                assert doctor.in_range(spec.version, comp), (req, comp)
+            checked += 1
+    assert checked >= 10
+
+
+def test_exit_status_and_fix_when_a_core_package_is_missing(monkeypatch, capsys):
+    real = doctor.installed_version
+    monkeypatch.setattr(doctor, "installed_version", lambda c: None if c.name == "megatron-core" else real(c))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    monkeypatch.setenv("NCCL_DEBUG", "WARN")
+    assert doctor.main([]) == 1
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "PROBLEM megatron-core is missing" in out and "pip install 'megatron-core>=0.16,<0.20'" in out
+    assert "SLURM_JOB_ID=4242" in out and "SLURM_NNODES=2" in out and "NCCL_DEBUG=WARN" in out
+    assert doctor.main(["no-such-preset"]) == 2
+    assert "unknown config 'no-such-preset'" in capsys.readouterr().err
