@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
           f"finished in {t_adv:.2f} s wall; {s.timeouts} timeouts of {args.timeout_s} s; stats {s.as_dict()}")
     reported = {}
     for kind, op, form in eq_adv.incidents:
-        reported.setdefault(form, kind)
+        for side in form.split(" ~ ") if op == "verify" else [form]:
+            reported.setdefault(side, f"{kind} in {op}")
     for bad in PATHOLOGICAL:
         where = [(p, k) for p, prob in enumerate(adv)
                  for k, a in enumerate(extract_boxed(r) for view in prob["views"] for r in view) if a == bad]
