@@ -44,13 +44,21 @@ def check_names_and_shapes(mapping: Mapping, reader: SafetensorsReader) -> None:
                                   f"implies {shape}")
 
 
-def _pieces(layout: str, shape: tuple[int, ...], tp: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(offsets, sizes) of the blocks that the ranks of a TP=`tp` model hold; one if replicated."""
-    if layout == REPLICATED or (tp == 1 and layout != GATE_UP):
+MAX_CHUNK_BYTES = 256 * 2**20  # bounds the memory of writing (and later reading) one chunk
+
+
+def _pieces(layout: str, shape: tuple[int, ...], tp: int, itemsize: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(offsets, sizes) of the stored blocks: the TP=`tp` ranks' blocks, row-split further so that
+    none exceeds MAX_CHUNK_BYTES (embeddings); a replicated tensor is one block."""
+    if layout == REPLICATED:
+        return [((0,) * len(shape), shape)]
+    n = (2 if layout == GATE_UP else 1) * tp  # an fc1 rank holds a gate block and an up block
+    if layout != ROW:  # dim-0 sub-blocks stay contiguous; row-parallel blocks are split by TP only
+        n *= max(1, -(-itemsize * int(torch.Size(shape).numel()) // (n * MAX_CHUNK_BYTES)))
+    if n == 1:
         return [((0,) * len(shape), shape)]
     dim = 1 if layout == ROW else 0
-    n = 2 * tp if layout == GATE_UP else tp  # fc1 ranks hold a gate block and an up block
-    edges = [k * shape[dim] // n for k in range(n + 1)]  # uneven only for unpadded vocab rows
+    edges = [k * shape[dim] // n for k in range(n + 1)]  # fc1: n is even, so the gate/up boundary is an edge
     return [(tuple(edges[k] if d == dim else 0 for d in range(len(shape))),
              tuple(edges[k + 1] - edges[k] if d == dim else shape[d] for d in range(len(shape))))
             for k in range(n)]
@@ -62,7 +70,7 @@ def plan_chunks(mapping: Mapping, dtypes: dict[str, torch.dtype], tp: int) -> di
     for name in mapping.mcore_names():
         rule, layer = mapping.rule(name)
         shape = mapping.mcore_shape(name)
-        for offsets, sizes in _pieces(rule.tp, shape, tp):
+        for offsets, sizes in _pieces(rule.tp, shape, tp, dtypes[name].itemsize):
             if layer is None:
                 chunk = Chunk(rule.checkpoint_key, shape, dtypes[name], offsets, sizes)
             else:

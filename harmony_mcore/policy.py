@@ -94,8 +94,7 @@ class Policy:
 
     `modules` are the plain GPTModel chunks: their `state_dict()`/`named_parameters()` carry Megatron's
     standard names (harmony_mcore.models.families.layer_spec) for the bridge and checkpoints. After
-    writing weights into `modules` yourself, call `weights_loaded()` (refreshes the optimizer's fp32 main
-    params on GPU and resets the reference); `load_hf_weights` does it for you.
+    writing weights into `modules` yourself, call `sync_reference()`; `load_hf_weights` does it for you.
     """
 
     def __init__(self, hf_config: Any, parallel: ParallelConfig, algorithm: AlgorithmConfig, *,
@@ -120,8 +119,9 @@ class Policy:
         if self.reference:
             for chunk in self.reference:
                 chunk.requires_grad_(False)
-            self.sync_reference()
         self.optimizer = self._make_optimizer(dtype, use_dist_opt)
+        self.steps_taken = 0  # optimizer updates made by this object (skipped steps excluded)
+        self.sync_reference()
 
     # ---- weights -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -138,17 +138,14 @@ class Policy:
         for module in self.modules:
             for name, param in module.named_parameters():
                 param.copy_(hf_weight_shard(mapping, global_name(module, name), get, module.vocab_size, tp, rank))
-        self.weights_loaded()
-
-    def weights_loaded(self) -> None:
-        """New initial weights are in `modules`: copy them into the optimizer's main params and the reference."""
-        if self.on_gpu:
-            self.optimizer.reload_model_params()  # Megatron keeps fp32 main copies made at construction
         self.sync_reference()
 
     @torch.no_grad()
     def sync_reference(self) -> None:
-        """Copy the policy's current weights into the frozen reference."""
+        """Initial weights were loaded into `modules`: copy them into the frozen reference and, before the
+        first optimizer step, into the GPU optimizer's fp32 main params (Megatron copies those at construction)."""
+        if self.on_gpu and self.steps_taken == 0:
+            self.optimizer.reload_model_params()
         if self.reference is None:
             return
         self._reference_to(device())
@@ -201,35 +198,39 @@ class Policy:
             forward_step_func=step, data_iterator=iterators if len(chunks) > 1 else iterators[0], model=chunks,
             num_microbatches=len(micro), seq_length=S, micro_batch_size=mbs, forward_only=forward_only)
 
-    def _logprobs_of(self, logits: torch.Tensor, ids: torch.Tensor, temperature: float, with_entropy: bool):
-        """[b, S] log-probs/entropy aligned with ids (column 0 = 0) from logits [b, S, V_local]."""
-        logp, ent = vocab_parallel_logprobs(logits[:, :-1], ids[:, 1:], vocab_size=self.vocab_size,
-                                            temperature=temperature, with_entropy=with_entropy)
+    def _logprobs_of(self, logits: torch.Tensor, ids: torch.Tensor, temperature: float, stat: str | None):
+        """[b, S] log-probs (and statistic) aligned with ids (column 0 = 0) from logits [b, S, V_local]."""
+        logp, value = vocab_parallel_logprobs(logits[:, :-1], ids[:, 1:], vocab_size=self.vocab_size,
+                                              temperature=temperature, stat=stat)
         pad = logp.new_zeros(logp.shape[0], 1)
-        return torch.cat([pad, logp], 1), (torch.cat([pad, ent], 1) if ent is not None else None)
+        return torch.cat([pad, logp], 1), (torch.cat([pad, value], 1) if value is not None else None)
 
     # ---- log-probs -----------------------------------------------------------------------------
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
-                 reference: bool = False, with_entropy: bool = False):
-        """Per-token log-probs [B, T] (and entropy [B, T] or None) of the policy or the reference.
+                 reference: bool = False, with_entropy: bool = False, with_self_certainty: bool = False):
+        """Per-token log-probs [B, T] of the policy or the reference, and [B, T] entropy (`with_entropy`) or
+        self-certainty logsumexp(z) - mean(z) (`with_self_certainty`, Intuitor), else None.
 
-        Entropy at column t is that of the distribution that produced token t (logits at t-1).
+        The statistic at column t is that of the distribution that produced token t (logits at t-1).
         Available on every rank, in the caller's row order, float32 on CPU.
         """
         from megatron.core import parallel_state as ps
 
         if reference and self.reference is None:
             raise ValueError("this Policy was built with reference=False")
+        if with_entropy and with_self_certainty:
+            raise ValueError("ask for one of with_entropy and with_self_certainty per call")
+        stat = "entropy" if with_entropy else "self_certainty" if with_self_certainty else None
         mbs = self._micro_batch_size(input_ids.shape[0])
         packed = _pack(attention_mask, {"ids": input_ids.long()}, {}, rows_multiple=self._rows_multiple(mbs),
                        seq_multiple=self._seq_multiple())
 
         def loss_fn(mb, logits):
-            logp, ent = self._logprobs_of(logits, mb["ids"], temperature, with_entropy)
+            logp, value = self._logprobs_of(logits, mb["ids"], temperature, stat)
             out = {"logp": logp}
-            if ent is not None:
-                out["entropy"] = ent
+            if value is not None:
+                out["stat"] = value
             return logits.new_zeros(()), torch.tensor(1, dtype=torch.int), out
 
         chunks = self.reference if reference else self.model
@@ -238,7 +239,7 @@ class Policy:
         outputs = self._run(chunks, packed, mbs, loss_fn, forward_only=True)
         if reference:
             self._offload_reference()
-        names = ["logp"] + (["entropy"] if with_entropy else [])
+        names = ["logp"] + (["stat"] if stat else [])
         B_pad = packed.tensors["ids"].shape[0]
         result = []
         for name in names:
@@ -254,7 +255,7 @@ class Policy:
                 dist.broadcast(full, src=ps.get_pipeline_model_parallel_last_rank(),
                                group=ps.get_pipeline_model_parallel_group())
             result.append(_unpack(packed, full.cpu()))
-        return result[0], (result[1] if with_entropy else None)
+        return result[0], (result[1] if stat else None)
 
     # ---- training ------------------------------------------------------------------------------
     def _make_optimizer(self, dtype: str, use_dist_opt: bool):
@@ -296,6 +297,27 @@ class Policy:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         return bool(bad.item())
 
+    def _update(self) -> tuple[float, bool]:
+        """Clip and apply the gradients in the DDP buffers unless one is non-finite: (grad norm, skipped)."""
+        if self.on_gpu:
+            if self._grads_nonfinite():
+                return float("nan"), True
+            ok, norm, _ = self.optimizer.step()  # Megatron's: clips to algorithm.grad_clip itself
+            return (norm if norm is not None else float("nan")), not ok
+        grad_norm = self._grad_norm()
+        if not math.isfinite(grad_norm):
+            return grad_norm, True
+        scale = self.algo.grad_clip / (grad_norm + 1e-6)  # torch.nn.utils.clip_grad_norm_'s rule
+        params = [p for c in self.model for p in c.parameters() if p.requires_grad]
+        for p in params:
+            if self.algo.grad_clip > 0 and scale < 1.0:
+                p.main_grad.mul_(scale)
+            p.grad = p.main_grad
+        self.optimizer.step()
+        for p in params:
+            p.grad = None
+        return grad_norm, False
+
     def train_step(self, views: list[ViewBatch], step: int, *, temperature: float = 1.0) -> dict[str, float]:
         """One optimizer step on the sum of the views' GRPO losses (each a global token-mean over its view).
 
@@ -323,7 +345,7 @@ class Policy:
             denom = packed.tensors["mask"].sum().item()
 
             def loss_fn(mb, logits, view=view, ref_used=ref_used, denom=denom, v=v):
-                logp, _ = self._logprobs_of(logits, mb["ids"], temperature, False)
+                logp, _ = self._logprobs_of(logits, mb["ids"], temperature, None)
                 loss, parts = grpo_view_loss(
                     logp, mb["old"], mb["ref"] if ref_used else None, mb["adv"], mb["mask"], kl_coef=a.kl_coef,
                     clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, kl_clamp=a.kl_clamp,
@@ -338,28 +360,8 @@ class Policy:
         lr = lr_at(step, base_lr=a.lr, total_steps=self.total_steps, warmup_ratio=a.warmup_ratio)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        if self.on_gpu:
-            skipped = self._grads_nonfinite()
-            grad_norm = float("nan")
-            if not skipped:
-                ok, norm, _ = self.optimizer.step()
-                skipped, grad_norm = not ok, (norm if norm is not None else float("nan"))
-        else:
-            grad_norm = self._grad_norm()
-            skipped = not math.isfinite(grad_norm)
-            if not skipped:
-                scale = a.grad_clip / (grad_norm + 1e-6)
-                for c in self.model:
-                    for p in c.parameters():
-                        if p.requires_grad:
-                            if a.grad_clip > 0 and scale < 1.0:
-                                p.main_grad.mul_(scale)
-                            p.grad = p.main_grad
-                self.optimizer.step()
-                for c in self.model:
-                    for p in c.parameters():
-                        p.grad = None
-
+        grad_norm, skipped = self._update()
+        self.steps_taken += int(not skipped)
         dist.all_reduce(metrics, group=ps.get_data_parallel_group())
         if ps.get_pipeline_model_parallel_world_size() > 1:
             dist.all_reduce(metrics, group=ps.get_pipeline_model_parallel_group())
@@ -369,7 +371,6 @@ class Policy:
             out.update({f"view{v}/loss": loss, f"view{v}/pg_loss": pg, f"view{v}/kl": kl})
         out["loss"] = float(metrics[:, 0].sum())
         return out
-
 
 
 def hf_weight_shard(mapping, mcore_name: str, get: Callable[[str], torch.Tensor], padded_vocab: int,

@@ -28,7 +28,8 @@ def test_family_flags_and_config():
     assert ll.layernorm_epsilon == 1e-5 and ll.kv_channels == 64
     kw = families.gpt_model_kwargs(LLAMA32, tp=4)
     assert kw["rope_scaling"] and kw["rope_scaling_factor"] == 32.0 and kw["rotary_base"] == 500000
-    assert kw["share_embeddings_and_output_weights"] and kw["vocab_size"] % (128 * 4) == 0 and kw["vocab_size"] >= 128256
+    assert kw["share_embeddings_and_output_weights"]
+    assert kw["vocab_size"] % (128 * 4) == 0 and kw["vocab_size"] >= 128256
     assert not families.gpt_model_kwargs(QWEN3)["rope_scaling"]
 
 

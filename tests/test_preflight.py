@@ -39,8 +39,8 @@ def test_valid_layouts_return_dp():
     (run(pp=4, vpp=7, mbs=16, problems=16, n=2), 4, r"virtual pipeline needs the micro-batches per rank \(2\) to be "
                                                     r"a multiple of parallel.pp=4"),
     (run(rollout_tp=3), 8, r"rollout.tp=3 does not divide the world size 8: use rollout.tp in \[1, 2, 4, 8\]"),
-    (run(rollout_tp=6, problems=96), 12, r"rollout.tp=6 is incompatible with 16 heads / 8 KV heads .*: use rollout.tp in "
-                            r"\[1, 2, 4\]"),
+    (run(rollout_tp=6, problems=96), 12,
+     r"rollout.tp=6 is incompatible with 16 heads / 8 KV heads .*: use rollout.tp in \[1, 2, 4\]"),
     (run(vpp=2), 2, r"parallel.vpp needs parallel.pp > 1"),
 ])
 def test_each_failure_names_the_fix(cfg, world, message):

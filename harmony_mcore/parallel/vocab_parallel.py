@@ -1,4 +1,4 @@
-"""Per-token log-probs and entropy from vocab-parallel logits, without gathering the vocabulary.
+"""Per-token log-probs (and entropy or self-certainty) from vocab-parallel logits, without gathering the vocabulary.
 
 Each TP rank holds logits for a contiguous slice of the (padded) vocabulary. Log-softmax needs the
 global max and the global sum of exponentials: two small all-reduces over the TP group. Vocabulary
@@ -12,8 +12,9 @@ import torch.distributed as dist
 
 
 def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
-                            temperature: float = 1.0, with_entropy: bool = False):
-    """log p(target) for logits [..., V_local] and targets [...]; optionally the entropy (no grad).
+                            temperature: float = 1.0, stat: str | None = None):
+    """log p(target) for logits [..., V_local] and targets [...], and a per-token statistic (no grad):
+    `stat="entropy"` H(p) = -sum p log p, `stat="self_certainty"` logsumexp(z) - mean(z) (Intuitor), or None.
 
     Differentiable w.r.t. `logits`: TP sums go through Megatron's reduce_from_tensor_model_parallel_region
     (all-reduce forward, identity backward), the right rule when every TP rank computes the same loss.
@@ -41,12 +42,18 @@ def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, voca
     target_shifted = tp_sum(torch.where(owned, picked, torch.zeros_like(picked)))
     logp = target_shifted - lse
 
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
+    if stat is None:
+        return logp, None
+    with torch.no_grad():
+        if stat == "entropy":
             p = torch.exp(shifted - lse.unsqueeze(-1))
-            p_z = torch.where(padding, torch.zeros_like(p), p * shifted).sum(dim=-1)
-            if dist.get_world_size(group) > 1:
-                dist.all_reduce(p_z, group=group)
-            entropy = lse - p_z  # H = lse - E_p[z], both relative to zmax
-    return logp, entropy
+            local_sum = torch.where(padding, torch.zeros_like(p), p * shifted).sum(dim=-1)
+        elif stat == "self_certainty":
+            local_sum = torch.where(padding, torch.zeros_like(shifted), shifted).sum(dim=-1) / vocab_size
+        else:
+            raise ValueError(f"stat={stat!r}: use 'entropy', 'self_certainty' or None")
+        if dist.get_world_size(group) > 1:
+            dist.all_reduce(local_sum, group=group)
+        # Both are lse - E[z] (over p for the entropy, uniform over the vocabulary for self-certainty),
+        # and both are invariant to the zmax shift.
+        return logp, lse - local_sum

@@ -26,17 +26,19 @@ ALGO = AlgorithmConfig(lr=1e-4, weight_decay=0.01, grad_clip=0.05, warmup_ratio=
 
 def check_logprobs(pol, hf, ids, attn):
     logp, ent = pol.logprobs(ids, attn, temperature=TEMP, with_entropy=True)
+    _, certainty = pol.logprobs(ids, attn, temperature=TEMP, with_self_certainty=True)
     ref_logp, _ = pol.logprobs(ids, attn, temperature=TEMP, reference=True)
-    err = ent_err = 0.0
+    err = stat_err = 0.0
     for r in range(ids.shape[0]):
         real = attn[r].bool()
-        want, want_ent = hf_row_logprobs(hf, ids[r, real], TEMP)
+        want, want_ent, want_certainty = hf_row_logprobs(hf, ids[r, real], TEMP)
         err = max(err, (logp[r, real][1:] - want).abs().max().item())
-        ent_err = max(ent_err, (ent[r, real][1:] - want_ent).abs().max().item())
+        stat_err = max(stat_err, (ent[r, real][1:] - want_ent).abs().max().item(),
+                       (certainty[r, real][1:] - want_certainty).abs().max().item())
         assert (logp[r, ~real] == 0).all() and logp[r, real][0] == 0
-    assert err < 1e-5 and ent_err < 1e-5, (err, ent_err)
+    assert err < 1e-5 and stat_err < 1e-5, (err, stat_err)
     assert torch.equal(ref_logp, logp), "reference must equal the policy right after sync_reference()"
-    return logp, err, ent_err
+    return logp, err, stat_err
 
 
 def plain_torch_step(hf, views, pg_flags):
@@ -48,7 +50,7 @@ def plain_torch_step(hf, views, pg_flags):
         denom = sum(mask[r, view.attention_mask[r].bool()][1:].sum() for r in range(mask.shape[0]))
         for r in range(mask.shape[0]):
             real = view.attention_mask[r].bool()
-            logp, _ = hf_row_logprobs(model, view.input_ids[r, real], TEMP)
+            logp, _, _ = hf_row_logprobs(model, view.input_ids[r, real], TEMP)
             m = mask[r, real][1:].float()
             old, ref, A = view.old_logp[r, real][1:], view.ref_logp[r, real][1:], view.advantages[r]
             ratio = torch.exp(logp - old)
@@ -117,9 +119,9 @@ def check_layout(par: ParallelConfig) -> list[str]:
         pol = Policy(TINY[name], par, ALGO, dtype="fp32", total_steps=1)
         pol.load_hf_weights(hf.state_dict())
         ids, attn, resp = make_batch(seed)
-        logp, err, ent_err = check_logprobs(pol, hf, ids, attn)
+        logp, err, stat_err = check_logprobs(pol, hf, ids, attn)
         loss, werr, moved = check_train(pol, hf, name, ids, attn, resp, logp)
-        lines.append(f"  {name}: logp err {err:.2e} entropy err {ent_err:.2e} | step loss {loss:.6f} "
+        lines.append(f"  {name}: logp err {err:.2e} entropy/self-certainty err {stat_err:.2e} | step loss {loss:.6f} "
                      f"weight err {werr:.2e} (update size {moved:.2e})")
     return lines
 

@@ -36,12 +36,14 @@ def hf_model(name: str, seed: int = 0) -> torch.nn.Module:
 
 
 def hf_row_logprobs(hf: torch.nn.Module, ids: torch.Tensor, temperature: float):
-    """Plain-torch reference for one unpadded row: (log p(token_t | <t) for t>=1, entropy at t>=1)."""
+    """Plain-torch reference for one unpadded row, for tokens t >= 1: (log p(token_t | <t), entropy,
+    self-certainty logsumexp(z) - mean(z)) of the distribution that produced token t."""
     logits = hf(ids[None]).logits[0, :-1].float() / temperature
     logp_all = torch.log_softmax(logits, -1)
     logp = logp_all.gather(-1, ids[1:, None])[:, 0]
     entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    self_certainty = torch.logsumexp(logits, -1) - logits.mean(-1)
+    return logp, entropy, self_certainty
 
 
 def make_batch(seed: int, rows: int = 6, width: int = 14, vocab: int = 150):
