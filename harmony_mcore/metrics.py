@@ -226,7 +226,8 @@ def plot_report(history: list[dict], path: Path) -> None:
         for k in keys:
             pts = [(r["step"], r[k]) for r in history if isinstance(r.get(k), (int, float))]
             if pts:
-                ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=k.split("/", 1)[-1])
+                label = k if k.startswith("view") else k.split("/", 1)[-1]  # view0/kl vs view1/kl
+                ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
