@@ -184,7 +184,7 @@ class EquivalenceStats:
     calls: int = 0  # verify operations run by workers
     parses: int = 0  # parse operations run by workers
     cache_hits: int = 0  # pairs answered from the parent's cache
-    numeric: int = 0  # pairs decided by arithmetic (exact rationals, or values far apart)
+    numeric: int = 0  # pairs decided without math-verify (exact rationals, values far apart, text)
     timeouts: int = 0  # operations killed at the timeout (worker replaced)
     failures: int = 0  # worker crashes and exceptions inside math-verify
     rejected_too_long: int = 0  # forms longer than max_len, never given to math-verify
@@ -313,7 +313,7 @@ class _Pool:
             if code == W.HUGE:
                 self.stats.rejected_huge += 1
                 self.incidents.append(("huge", "parse", job.forms[op][:200]))
-        elif code == W.FAR:
+        elif code in (W.FAR, W.TEXT):
             self.stats.numeric += 1
         elif code in (W.EQUAL, W.NOT_EQUAL, W.ERROR):
             self.stats.calls += 1
@@ -548,7 +548,7 @@ class Equivalence:
                 index = {f: i for i, f in enumerate(fs)}
                 for (li, lj), code in zip(job.pairs, job.codes[n:]):
                     a, b = job.forms[li], job.forms[lj]
-                    if code in (W.EQUAL, W.NOT_EQUAL, W.FAR):
+                    if code in (W.EQUAL, W.NOT_EQUAL, W.FAR, W.TEXT):
                         self._remember(a, b, code == W.EQUAL)
                     if code == W.EQUAL:
                         uf.union(index[a], index[b])
