@@ -16,7 +16,9 @@ Relation used in `math` mode, between two distinct normalized forms a, b:
   (math-verify could not find them equal; see numeric.py);
 - otherwise math-verify in a worker process: verify(a, b) OR verify(b, a) (verify is
   asymmetric), which makes the relation symmetric;
-- a form longer than `max_len`, or one whose parse timed out, equals nothing but itself.
+- a form longer than `max_len`, one that would evaluate to an astronomically large number,
+  or one whose parse timed out or crashed (or that took part in two timed-out pairs)
+  equals nothing but itself; a timed-out pair counts as not equal.
 Classes are the connected components of that relation (union-find): a non-transitive
 "equality" chain a~b, b~c merges a, b, c. Components do not depend on answer order.
 """
@@ -429,7 +431,7 @@ class Equivalence:
         self.stats = EquivalenceStats()
         self.incidents: deque[tuple[str, str, str]] = deque(maxlen=1000)  # (kind, op, form[:200])
         self._cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
-        self._dead_forms: set[str] = set()  # parse timed out/crashed once: never retried
+        self._dead_forms: set[str] = set()  # timed out / crashed / huge: never given to a worker
         self._pool: _Pool | None = None
         self._finalizer = None
 
