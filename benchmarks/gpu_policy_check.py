@@ -53,7 +53,7 @@ def plan_estimate_gib(par: ParallelConfig, recompute: str) -> float:
     work = plan.Workload(sequences=ROWS, seq_len=SEQ, response_len=SEQ - 512, logprob_passes=2, engine="torch",
                          rollout_tp=1, memory_fraction=0.5, sleep_level=1)
     st = plan.plan(plan.ModelShape.from_hf(QWEN3_1P7B), lay, work,
-                   a=plan.Assumptions(runtime_overhead=0, flash_attention=False))["stages"][0]
+                   a=plan.Assumptions(runtime_overhead=0, transformer_engine=False))["stages"][0]
     return max(st["peak_logprob"], st["peak_train"]) / 2**30
 
 

@@ -20,7 +20,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +168,14 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir).expanduser()
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.stop_requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: finish the step, checkpoint, exit
+            signal.signal(sig, self._on_signal)
         if cfg.algorithm.reward == "intuitor":
             raise ConfigError("algorithm.reward=intuitor needs per-token self-certainty from the policy's logits, "
                               "which Policy.logprobs does not return yet: use rent, gt or pseudo-label")
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
         self.hf_dir, hf_config = resolve_model(cfg, log=self._log)
         preflight(cfg, world, hf_config)  # before any process group exists
         init_distributed(cfg.parallel, seed=cfg.seed)
@@ -198,9 +201,6 @@ class Trainer:
         # Rollout replicas: vLLM ranks of one rollout-TP group must issue identical requests.
         self.rollout_tp = cfg.rollout.tp if self.engine_kind == "vllm" else 1
         self.replicas, self.replica = self.world // self.rollout_tp, self.rank // self.rollout_tp
-        self.stop_requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
 
     # ---- helpers --------------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
@@ -248,8 +248,6 @@ class Trainer:
     def generate(self, rows: list[tuple[int, int]], params) -> list[Rollout]:
         """Sample every (view, problem) row; each replica takes a share, every rank gets all, in row order."""
         mine = [(g, v, p) for g, (v, p) in enumerate(rows) if g % self.replicas == self.replica]
-        from dataclasses import replace
-
         params = replace(params, request_seeds=[v * len(self.task.problems) + p for _, v, p in mine])
         results = self.engine.generate([self.task.prompts[v][p] for _, v, p in mine], params) if mine else []
         local = [(g, [Rollout(v, p, list(res.prompt_ids), list(s.token_ids), s.text, list(s.logprobs),

@@ -30,11 +30,26 @@ from typing import Any, Mapping as TMapping, Sequence
 
 import torch
 
-from harmony_mcore.models.families import Family, architecture, get_family
+from harmony_mcore.config import ConfigError
 
 
-class MappingError(ValueError):
+class MappingError(ConfigError):
     """A tensor or config that the mapping cannot handle, with the fix in the message."""
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # HF model_type
+    qkv_bias: bool  # Qwen2/2.5: biases on q/k/v projections
+    qk_norm: bool  # Qwen3: RMSNorm on each query/key head
+
+
+# HF architecture -> family: the one registry (harmony_mcore.models.families derives its own from it).
+FAMILIES: dict[str, Family] = {
+    "Qwen2ForCausalLM": Family("qwen2", qkv_bias=True, qk_norm=False),
+    "Qwen3ForCausalLM": Family("qwen3", qkv_bias=False, qk_norm=True),
+    "LlamaForCausalLM": Family("llama", qkv_bias=False, qk_norm=False),
+}
 
 
 # Tensor-parallel layouts of megatron params (how a full tensor splits over TP ranks).
@@ -61,7 +76,6 @@ class Rule:
 
 
 def _rules(family: Family, tied: bool) -> list[Rule]:
-    """The family's table (model families: harmony_mcore/models/families.py)."""
     d, p = "decoder.layers.{i}.", "model.layers.{i}."
     rules = [Rule("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), VOCAB)]
     rules.append(Rule(d + "self_attention.linear_qkv.layer_norm_weight", (p + "input_layernorm.weight",),
@@ -71,7 +85,7 @@ def _rules(family: Family, tied: bool) -> list[Rule]:
     if family.qkv_bias:
         rules.append(Rule(d + "self_attention.linear_qkv.bias",
                           tuple(p + f"self_attn.{x}_proj.bias" for x in "qkv"), COLUMN))
-    if family.qk_layernorm:
+    if family.qk_norm:
         rules.append(Rule(d + "self_attention.q_layernorm.weight", (p + "self_attn.q_norm.weight",), REPLICATED))
         rules.append(Rule(d + "self_attention.k_layernorm.weight", (p + "self_attn.k_norm.weight",), REPLICATED))
     rules.append(Rule(d + "self_attention.linear_proj.weight", (p + "self_attn.o_proj.weight",), ROW))
@@ -121,8 +135,12 @@ class Mapping:
     """The mapping for one model (family + dimensions from its HF config)."""
 
     def __init__(self, hf_config: Any):
-        self.family = get_family(hf_config)  # ConfigError naming the supported ones if unknown
-        self.arch = architecture(hf_config)
+        archs = _get(hf_config, "architectures") or []
+        by_type = {f.name: a for a, f in FAMILIES.items()}
+        arch = archs[0] if archs else by_type.get(_get(hf_config, "model_type"), "<none>")
+        if arch not in FAMILIES:
+            raise MappingError(f"unsupported architecture {arch}: supported are {', '.join(sorted(FAMILIES))}")
+        self.arch, self.family = arch, FAMILIES[arch]
         for flag in ("attention_bias", "mlp_bias"):
             if _get(hf_config, flag, False) and not (flag == "attention_bias" and self.family.qkv_bias):
                 raise MappingError(f"{self.arch} with {flag}=true is not supported: only Qwen2 has (q/k/v) biases")
