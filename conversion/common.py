@@ -29,6 +29,13 @@ def read_hf_config(model_dir: Path) -> dict:
         raise ConversionError(f"{path}: not valid JSON ({e})") from None
 
 
+def hf_dtype_kwargs(dtype) -> dict:
+    """`from_pretrained` dtype argument: `dtype` in transformers >= 5, `torch_dtype` before."""
+    import transformers
+
+    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
+
+
 def copy_side_files(src: Path, dst: Path) -> list[str]:
     """Copy config, generation config, tokenizer and other small non-weight files."""
     dst.mkdir(parents=True, exist_ok=True)

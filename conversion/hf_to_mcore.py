@@ -44,13 +44,21 @@ def check_names_and_shapes(mapping: Mapping, reader: SafetensorsReader) -> None:
                                   f"implies {shape}")
 
 
-def _pieces(layout: str, shape: tuple[int, ...], tp: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(offsets, sizes) of the blocks that the ranks of a TP=`tp` model hold; one if replicated."""
-    if layout == REPLICATED or tp == 1:
+MAX_CHUNK_BYTES = 256 * 2**20  # bounds the memory of writing (and later reading) one chunk
+
+
+def _pieces(layout: str, shape: tuple[int, ...], tp: int, itemsize: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(offsets, sizes) of the stored blocks: the TP=`tp` ranks' blocks, row-split further so that
+    none exceeds MAX_CHUNK_BYTES (embeddings); a replicated tensor is one block."""
+    if layout == REPLICATED:
+        return [((0,) * len(shape), shape)]
+    n = (2 if layout == GATE_UP else 1) * tp  # an fc1 rank holds a gate block and an up block
+    if layout != ROW:  # dim-0 sub-blocks stay contiguous; row-parallel blocks are split by TP only
+        n *= max(1, -(-itemsize * int(torch.Size(shape).numel()) // (n * MAX_CHUNK_BYTES)))
+    if n == 1:
         return [((0,) * len(shape), shape)]
     dim = 1 if layout == ROW else 0
-    n = 2 * tp if layout == GATE_UP else tp  # fc1 ranks hold a gate block and an up block
-    edges = [k * shape[dim] // n for k in range(n + 1)]  # uneven only for unpadded vocab rows
+    edges = [k * shape[dim] // n for k in range(n + 1)]  # fc1: n is even, so the gate/up boundary is an edge
     return [(tuple(edges[k] if d == dim else 0 for d in range(len(shape))),
              tuple(edges[k + 1] - edges[k] if d == dim else shape[d] for d in range(len(shape))))
             for k in range(n)]
@@ -62,7 +70,7 @@ def plan_chunks(mapping: Mapping, dtypes: dict[str, torch.dtype], tp: int) -> di
     for name in mapping.mcore_names():
         rule, layer = mapping.rule(name)
         shape = mapping.mcore_shape(name)
-        for offsets, sizes in _pieces(rule.tp, shape, tp):
+        for offsets, sizes in _pieces(rule.tp, shape, tp, dtypes[name].itemsize):
             if layer is None:
                 chunk = Chunk(rule.checkpoint_key, shape, dtypes[name], offsets, sizes)
             else:
@@ -73,27 +81,41 @@ def plan_chunks(mapping: Mapping, dtypes: dict[str, torch.dtype], tp: int) -> di
 
 
 class _Producer:
-    """Builds each megatron tensor from HF tensors once and cuts it into its planned chunks."""
+    """Cuts each planned chunk out of the megatron tensor built from HF tensors, copying little.
+
+    At TP layout 1 a chunk is the HF tensor itself (fc1 is stored as a gate chunk and an up chunk,
+    as megatron itself saves it), so only the fused QKV is ever copied.
+    """
 
     def __init__(self, mapping: Mapping, reader: SafetensorsReader, plan: dict, dtypes: dict[str, torch.dtype]):
         self.mapping, self.reader, self.plan, self.dtypes = mapping, reader, plan, dtypes
-        self._cached: tuple[str, torch.Tensor] | None = None  # DCP asks for a tensor's chunks in a row
+        self._name: str | None = None  # DCP asks for one tensor's chunks in a row: keep only that one
+        self._srcs: list[torch.Tensor] = []
+        self._full: torch.Tensor | None = None
+
+    def _load(self, name: str) -> None:
+        if name != self._name:
+            self._name, self._srcs, self._full = None, [], None  # free before reading the next
+            self._srcs = [self.reader.get(n).to(self.dtypes[name]) for n in self.mapping.hf_sources(name)]
+            self._name = name
 
     def __call__(self, chunk: Chunk) -> torch.Tensor:
         name, _ = self.plan[(chunk.key, chunk.offsets)]
-        if self._cached is None or self._cached[0] != name:
-            self._cached = None  # free the previous tensor before reading the next
-            srcs = [self.reader.get(n) for n in self.mapping.hf_sources(name)]
-            full = self.mapping.hf_to_mcore(name, srcs).to(self.dtypes[name])
-            self._cached = (name, full)
-        full = self._cached[1]
-        per_layer = len(chunk.sizes) == full.dim() + 1
+        self._load(name)
+        per_layer = len(chunk.sizes) == len(self.mapping.mcore_shape(name)) + 1
         offsets, sizes = (chunk.offsets[1:], chunk.sizes[1:]) if per_layer else (chunk.offsets, chunk.sizes)
-        block = full
-        for dim, (o, n) in enumerate(zip(offsets, sizes)):
-            if n != full.shape[dim]:
+        if self.mapping.tp_layout(name) == GATE_UP:  # a block lies within the gate or the up half
+            half = self.mapping.ffn
+            k = int(offsets[0] >= half)
+            block = self._srcs[k].narrow(0, offsets[0] - k * half, sizes[0])
+        else:
+            if self._full is None:
+                self._full = self.mapping.hf_to_mcore(name, self._srcs)
+            block = self._full
+            for dim, (o, n) in enumerate(zip(offsets, sizes)):
                 block = block.narrow(dim, o, n)
-        block = block if block is full else block.contiguous().clone()
+        if not block.is_contiguous() or block.untyped_storage().nbytes() != block.numel() * block.element_size():
+            block = block.contiguous().clone()  # DCP writes whole storages: give it just the block
         return block.unsqueeze(0) if per_layer else block
 
 

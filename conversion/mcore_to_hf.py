@@ -32,24 +32,33 @@ def parse_size(text: str) -> int:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """`path` itself, or its newest sub-directory that is a dist checkpoint (a run's checkpoint dir)."""
+    """The dist checkpoint at `path`: itself, a trainer step's `model/`, or the newest step of a
+    run's checkpoint directory (`step_*/model`, also under `checkpoints/`)."""
     if is_dist_checkpoint(path):
         return path
-    if path.is_dir():
-        found = sorted((p for p in path.iterdir() if p.is_dir() and is_dist_checkpoint(p)), key=lambda p: p.name)
-        if found:
-            return found[-1]
-    raise ConversionError(f"--ckpt {path}: not a Megatron-Core distributed checkpoint (no metadata.json) and "
-                          "has no checkpoint sub-directories")
+    if is_dist_checkpoint(path / "model"):
+        return path / "model"
+    for root in (path, path / "checkpoints"):
+        steps = sorted(p for p in root.glob("step_*") if is_dist_checkpoint(p / "model")) if root.is_dir() else []
+        if steps:
+            return steps[-1] / "model"
+    raise ConversionError(f"--ckpt {path}: not a Megatron-Core distributed checkpoint (no metadata.json), a "
+                          "trainer step directory or a run's checkpoint directory")
 
 
 def find_hf_config_dir(ckpt: Path, given: Path | None) -> Path:
-    candidates = [given] if given else [ckpt / HF_SUBDIR, ckpt.parent / HF_SUBDIR, ckpt.parent.parent / HF_SUBDIR]
-    for c in candidates:
-        if c is not None and (c / "config.json").is_file():
-            return c
-    raise ConversionError(f"no HF config.json found for {ckpt} (looked in {', '.join(map(str, candidates))}): "
-                          "pass --hf-config DIR, the HF model directory the checkpoint started from")
+    """--hf-config, else an `hf/` directory next to the checkpoint or a few levels up (a converted
+    checkpoint keeps one; a run keeps the one of its initial conversion, e.g. `initial_mcore/hf`)."""
+    if given is not None:
+        if not (given / "config.json").is_file():
+            raise ConversionError(f"--hf-config {given}: no config.json there")
+        return given
+    for level in [ckpt, *list(ckpt.parents)[:4]]:
+        found = sorted(level.glob(f"{HF_SUBDIR}/config.json")) + sorted(level.glob(f"*/{HF_SUBDIR}/config.json"))
+        if found:
+            return found[0].parent
+    raise ConversionError(f"no HF config.json found for {ckpt} (no hf/ directory beside it or up to 4 levels "
+                          "above): pass --hf-config DIR, the HF model directory the checkpoint started from")
 
 
 def check_keys(mapping: Mapping, reader: CheckpointReader) -> None:
@@ -117,7 +126,7 @@ def convert(ckpt: str | Path, out: str | Path, *, hf_config: str | Path | None =
             _set_config_dtype(tmp / "config.json", _DTYPE_NAMES.get(dtypes.pop()))
     seconds = round(time.perf_counter() - start, 3)
     log(f"wrote {out} ({mapping.arch}, {len(plan)} tensors in {len(writer.files)} shard(s)) from {ckpt} "
-        f"in {seconds} s")
+        f"(HF config and tokenizer from {cfg_dir}) in {seconds} s")
     return {"checkpoint": str(ckpt), "hf_config": str(cfg_dir), "tensors": len(plan), "shards": len(writer.files),
             "seconds": seconds}
 

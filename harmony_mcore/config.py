@@ -228,7 +228,7 @@ class ToyConfig:
     """The embedded CPU default's task (data.benchmark=toy-arith): generated arithmetic problems."""
 
     num_problems: int = 128  # the unlabeled test-time set
-    pretrain_steps: int = 250  # supervised warm start of the tiny model (cached)
+    pretrain_steps: int = 370  # supervised warm start of the tiny model (cached)
     pretrain_lr: float = 3e-3
     pretrain_batch: int = 64
     cache_dir: str | None = None  # None = $HARMONY_CACHE or ~/.cache/harmony_mcore

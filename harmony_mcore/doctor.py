@@ -63,7 +63,6 @@ SUPPORTED: tuple[Component, ...] = (
     Component("nvidia-modelopt", ("nvidia-modelopt", "nvidia_modelopt"), "0.33", None, "optional",
               "pip install 'nvidia-modelopt[torch]>=0.33'", "convert quantize"),
 )
-BY_NAME = {c.name: c for c in SUPPORTED}
 
 
 @dataclass
@@ -100,12 +99,15 @@ def declared_requirements(c: Component) -> list[str]:
 
 
 def probe_gpus() -> GpuInfo:
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # reported as missing in the table
+        return GpuInfo()
     info = GpuInfo(cuda=torch.version.cuda)
     if not torch.cuda.is_available():
         return info
-    info.nccl = ".".join(map(str, torch.cuda.nccl.version()))
+    nccl = torch.cuda.nccl.version()  # a tuple; an int in old torch
+    info.nccl = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
     n = torch.cuda.device_count()
     for i in range(n):
         props = torch.cuda.get_device_properties(i)
@@ -136,6 +138,10 @@ def needed(cfg: Any, has_gpu: bool) -> dict[str, str]:
     return need
 
 
+def _norm(dist: str) -> str:
+    return dist.lower().replace("_", "-")
+
+
 def combination_problems(versions: dict[str, str | None], requires: dict[str, list[str]]) -> list[str]:
     """Pins that installed components declare on each other (e.g. vLLM on torch) and that the
     installed versions break."""
@@ -147,8 +153,7 @@ def combination_problems(versions: dict[str, str | None], requires: dict[str, li
             req = Requirement(line)
             if req.marker is not None and not req.marker.evaluate({"extra": ""}):
                 continue
-            target = next((c.name for c in SUPPORTED if req.name.lower().replace("_", "-") in
-                           [d.lower().replace("_", "-") for d in c.dists]), None)
+            target = next((c.name for c in SUPPORTED if _norm(req.name) in map(_norm, c.dists)), None)
             found = versions.get(target) if target else None
             if found and not req.specifier.contains(Version(found).public, prereleases=True):
                 problems.append(f"{name} {versions[name]} requires {req.name}{req.specifier}, found {found}: "

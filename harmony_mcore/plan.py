@@ -4,8 +4,8 @@ Everything here is a pure function of the model's HF config and the run config, 
 laptop before any cluster hours are spent. The formulas (and the assumptions behind each
 constant) are stated in docs/ops.md with a worked example (Qwen3-8B on 8xH100) that a test pins.
 
-Memory is per rank, in bytes, for the pipeline stage that needs most; every sequence is assumed
-to be at its maximum length (prompt + response), the worst case a run will meet.
+Memory is per rank, in bytes, for each pipeline stage; every sequence is assumed to be at its
+maximum length (prompt + response), the worst case a run will meet.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import re
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harmony_mcore.config import ConfigError, RunConfig, load_config
 from harmony_mcore.models import families
+from harmony_mcore.preflight import preflight
 
 GiB = 2**30
 
@@ -90,7 +91,7 @@ class Assumptions:
     grad_bytes: int = 4  # Megatron DDP main_grad buffers are fp32 for bf16 training
     optim_bytes: int = 12  # Adam: fp32 master weights + exp_avg + exp_avg_sq
     logit_bytes: int = 6  # bf16 logits + fp32 log-softmax kept for backward, per vocab entry
-    flash_attention: bool = True  # fused attention keeps no s x s scores (always true on GPU)
+    flash_attention: bool = True  # TE's fused attention keeps no s x s scores; the local spec's unfused one does
     vocab_multiple: int = 128  # Megatron pads the vocabulary to a multiple of this x TP
 
 
@@ -126,19 +127,29 @@ def parse_fits(note: str) -> tuple[int, Hardware]:
     return int(match[1]) * int(match[2]), HARDWARE[match[3]]
 
 
-def layout_from_config(cfg: RunConfig, gpus: int | None) -> Layout:
-    """The layout on `gpus` GPUs; by default those of the preset's `fits` note, else TP*PP*DP."""
+def job_gpus(cfg: RunConfig, gpus: int | None) -> int:
+    """GPUs of the job: given, else the preset's `fits` note, else TP*PP*DP."""
+    if gpus is not None:
+        return gpus
+    return parse_fits(cfg.fits)[0] if cfg.fits else cfg.parallel.tp * cfg.parallel.pp * (cfg.parallel.dp or 1)
+
+
+def layout_from_config(cfg: RunConfig, gpus: int) -> Layout:
     p = cfg.parallel
-    mp = p.tp * p.pp
-    if gpus is None:
-        gpus = parse_fits(cfg.fits)[0] if cfg.fits else mp * (p.dp or 1)
-    if gpus % mp:
-        raise ConfigError(f"{gpus} GPUs is not a multiple of parallel.tp*parallel.pp={mp}: change --gpus or the layout")
-    if p.dp is not None and p.dp * mp != gpus:
-        raise ConfigError(f"parallel.dp={p.dp} with TP{p.tp}xPP{p.pp} needs {p.dp * mp} GPUs, not {gpus}: "
-                          "set parallel.dp=null or pass --gpus accordingly")
-    return Layout(p.tp, p.pp, p.vpp, gpus // mp, p.sequence_parallel, p.distributed_optimizer,
+    return Layout(p.tp, p.pp, p.vpp, gpus // (p.tp * p.pp), p.sequence_parallel, p.distributed_optimizer,
                   cfg.model.recompute, p.micro_batch_size, p.offload_reference)
+
+
+def preflight_check(cfg: RunConfig, hf: dict[str, Any]) -> Callable[[Layout], None]:
+    """A check that raises the trainer's own ConfigError (harmony_mcore.preflight) for a layout
+    the run would refuse: the plan never plans, or suggests, what cannot start."""
+    def check(lay: Layout) -> None:
+        par = replace(cfg.parallel, tp=lay.tp, pp=lay.pp, vpp=lay.vpp, dp=lay.dp, micro_batch_size=lay.micro_batch_size,
+                      sequence_parallel=lay.sequence_parallel, distributed_optimizer=lay.distributed_optimizer,
+                      offload_reference=lay.offload_reference)
+        preflight(replace(cfg, parallel=par), lay.gpus, hf, on_gpu=True)
+
+    return check
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,6 +276,7 @@ class Workload:
     rollout_tp: int
     memory_fraction: float  # vLLM's share of each GPU (weights + KV cache + its activations)
     sleep_level: int  # vLLM level 1 keeps a host copy of its weights while asleep
+    mean_seq_len: int | None = None  # average prompt + response tokens, for FLOPs (None = seq_len)
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Workload:
@@ -307,10 +319,11 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
         rollout_mem = engine_weights + kv_pool
     concurrent = min(max(kv_pool, 0) // (kv_token * s), seqs_per_engine)
 
+    optim_bytes = a.optim_bytes if param_bytes < 4 else a.optim_bytes - 4  # fp32 weights are their own master copy
     stages = []
     for stage, n in enumerate(params_per_rank(m, lay.tp, lay.pp, a.vocab_multiple)):
         weights, grads, reference = n * param_bytes, n * a.grad_bytes, n * param_bytes
-        optim = n * a.optim_bytes // (lay.dp if lay.distributed_optimizer else 1)
+        optim = n * optim_bytes // (lay.dp if lay.distributed_optimizer else 1)
         act_layer = layer_activation_bytes(m, s, b, lay.tp, lay.sequence_parallel, lay.recompute, a.flash_attention)
         full_layer = layer_activation_bytes(m, s, b, lay.tp, lay.sequence_parallel, "none", a.flash_attention)
         activations = int(act_layer * layers * inflight_microbatches(stage, lay.pp, lay.vpp, microbatches))
@@ -321,7 +334,7 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
         ref_on_gpu = 0 if lay.offload_reference else reference
         stages.append({
             "stage": stage, "params": n, "weights": weights, "grads": grads, "optimizer": optim,
-            "optimizer_without_dist": n * a.optim_bytes, "optimizer_with_dist": n * a.optim_bytes // lay.dp,
+            "optimizer_without_dist": n * optim_bytes, "optimizer_with_dist": n * optim_bytes // lay.dp,
             "reference": reference, "reference_on_gpu": ref_on_gpu,
             "activation_per_layer_microbatch": act_layer, "activations": activations, "logits": logits,
             "peak_generate": resident + ref_on_gpu + rollout_mem,
@@ -339,13 +352,18 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
     # The largest vLLM share the generate phase leaves room for, in steps of 0.05.
     max_fraction = math.floor(20 * min(limit - (st["peak_generate"] - rollout_mem) for st in stages) / hw.memory) / 20
 
-    fwd = forward_flops(m, s) * w.sequences
+    # Memory is sized for full-length sequences; FLOPs follow the average length when it is given.
+    fwd = forward_flops(m, w.mean_seq_len or s) * w.sequences
     flops = {"generate": fwd, "logprob": fwd * w.logprob_passes, "train": 3 * fwd}
     rate = a.mfu * hw.bf16_flops * lay.gpus
     waves = math.ceil(seqs_per_engine / concurrent) if concurrent else None
     time_floor = {k: v / rate for k, v in flops.items()}
-    # Decoding reads every weight once per token step: a bandwidth floor the FLOPs do not show.
-    time_floor["generate"] = max(time_floor["generate"], (waves or 0) * w.response_len * engine_weights / hw.hbm_bandwidth)
+    # Decoding reads every weight once per token step: a bandwidth floor the FLOPs do not show. With
+    # continuous batching the steps are the engine's response tokens over the sequences it holds at once.
+    fill = (w.mean_seq_len or s) / s
+    held = min(seqs_per_engine, max(kv_pool, 0) // math.ceil(kv_token * s * fill))
+    decode_steps = math.ceil(seqs_per_engine * w.response_len * fill / held) if held else 0
+    time_floor["generate"] = max(time_floor["generate"], decode_steps * engine_weights / hw.hbm_bandwidth)
 
     problems = []
     if not concurrent:
@@ -362,16 +380,19 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
         "hardware": asdict(hw), "assumptions": asdict(a), "param_bytes": param_bytes,
         "params_total": total_params(m), "microbatches_per_dp_rank": microbatches,
         "stages": stages, "worst_stage": worst["stage"], "binding_phase": binding, "peak": peak, "limit": limit,
+        # Host memory of a node of 8 GPUs (or of all of them, if fewer): vLLM level-1 sleep and reference offload.
+        "host_per_node": sum(st["host"] for st in stages) * lay.tp * lay.dp * min(8, lay.gpus) // lay.gpus,
         "rollout": {"engine": w.engine, "engine_weights": engine_weights, "memory": rollout_mem, "kv_pool": kv_pool,
                     "kv_bytes_per_token": kv_token, "engines": engines, "sequences_per_engine": seqs_per_engine,
-                    "concurrent_sequences": concurrent, "waves": waves, "max_memory_fraction": max_fraction},
+                    "concurrent_sequences": concurrent, "waves": waves, "decode_steps": decode_steps,
+                    "max_memory_fraction": max_fraction},
         "flops": flops | {"total": sum(flops.values())},
         "time_floor_s": time_floor | {"total": sum(time_floor.values())},
         "fits": not problems, "problems": problems,
     }
 
 
-def candidate_layouts(m: ModelShape, lay: Layout, max_tp: int = 8):
+def candidate_layouts(lay: Layout, max_tp: int = 8):
     """Layouts on the same GPUs, smallest model-parallel size first; at each size the cheap
     memory savers come first (distributed optimizer, reference offload, smaller
     micro-batches), recomputation last."""
@@ -381,26 +402,26 @@ def candidate_layouts(m: ModelShape, lay: Layout, max_tp: int = 8):
         tps = sorted((t for t in range(1, min(mp, max_tp) + 1) if mp % t == 0), key=lambda t: (t != lay.tp, -t))
         for tp in tps:
             pp = mp // tp
-            if m.kv_heads % tp or m.heads % tp or m.layers % pp:
-                continue
-            vpp = lay.vpp if (lay.vpp and pp > 1 and m.layers % (pp * lay.vpp) == 0) else None
             for recompute in dict.fromkeys((lay.recompute, "selective", "full")):
                 mbs = lay.micro_batch_size
                 while mbs >= 1:
-                    yield replace(lay, tp=tp, pp=pp, vpp=vpp, dp=gpus // mp, distributed_optimizer=True,
-                                  offload_reference=True, recompute=recompute, micro_batch_size=mbs,
-                                  sequence_parallel=tp > 1)
+                    yield replace(lay, tp=tp, pp=pp, vpp=lay.vpp if pp > 1 else None, dp=gpus // mp,
+                                  distributed_optimizer=True, offload_reference=True, recompute=recompute,
+                                  micro_batch_size=mbs, sequence_parallel=tp > 1)
                     mbs //= 2
 
 
 def suggest(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assumptions = Assumptions(),
-            param_bytes: int = 2) -> tuple[Layout, float] | None:
-    """The smallest layout on the same GPUs that fits, with the vLLM memory fraction it needs
+            param_bytes: int = 2, check: Callable[[Layout], None] | None = None) -> tuple[Layout, float] | None:
+    """The smallest valid layout on the same GPUs that fits, with the vLLM memory fraction it needs
     (the configured one, or lower when that is what the generate phase needs); None if none fits."""
-    for cand in candidate_layouts(m, lay):
-        if w.sequences % cand.dp:
+    for cand in candidate_layouts(lay):
+        try:
+            if check:
+                check(cand)
+            p = plan(m, cand, w, hw, a, param_bytes)
+        except ConfigError:  # a layout the run would refuse
             continue
-        p = plan(m, cand, w, hw, a, param_bytes)
         if p["fits"]:
             return cand, w.memory_fraction
         lower = p["rollout"]["max_memory_fraction"]
@@ -473,6 +494,7 @@ def render(p: dict[str, Any], source: str, suggestion: tuple[Layout, float] | No
     console.print(f"FLOPs per step: generate {f['generate']:.3g}, log-probs {f['logprob']:.3g}, "
                   f"train {f['train']:.3g}; time floor at {p['assumptions']['mfu']:.0%} MFU: {tf['total']:.0f} s "
                   f"(generate {tf['generate']:.0f}, log-probs {tf['logprob']:.0f}, train {tf['train']:.0f})")
+    console.print(f"host memory per node: {_gib(p['host_per_node'])} GiB (vLLM sleep copies, offloaded reference)")
     verdict = "[green]fits[/]" if p["fits"] else "[red]does not fit[/]"
     console.print(f"peak {_gib(p['peak'])} GiB ({p['binding_phase']}) vs limit {_gib(p['limit'])} GiB: {verdict}")
     for problem in p["problems"]:
@@ -486,14 +508,18 @@ def render(p: dict[str, Any], source: str, suggestion: tuple[Layout, float] | No
             console.print("no layout on these GPUs fits: use more GPUs or shorter sequences")
 
 
-def plan_run(cfg: RunConfig, gpus: int | None = None, a: Assumptions = Assumptions()):
+def plan_run(cfg: RunConfig, gpus: int | None = None, a: Assumptions = Assumptions(),
+             mean_seq_len: int | None = None):
     """(plan, where the shape came from, suggestion or None) for a loaded run config."""
     hf, source = resolve_hf_config(cfg)
     hw = parse_fits(cfg.fits)[1] if cfg.fits else H100
-    m, lay, w = ModelShape.from_hf(hf), layout_from_config(cfg, gpus), Workload.from_config(cfg)
+    gpus = job_gpus(cfg, gpus)
+    preflight(cfg, gpus, hf, on_gpu=True)  # the run's own checks, before any layout arithmetic
+    m, lay, check = ModelShape.from_hf(hf), layout_from_config(cfg, gpus), preflight_check(cfg, hf)
+    w = replace(Workload.from_config(cfg), mean_seq_len=mean_seq_len)
     param_bytes = 4 if cfg.model.dtype == "fp32" else 2
     p = plan(m, lay, w, hw, a, param_bytes)
-    return p, source, (None if p["fits"] else suggest(m, lay, w, hw, a, param_bytes))
+    return p, source, (None if p["fits"] else suggest(m, lay, w, hw, a, param_bytes, check))
 
 
 def main(argv: list[str]) -> int:
@@ -503,11 +529,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--gpus", type=int, help="GPUs in the job (default: the preset's `fits` note, else TP*PP*DP)")
     ap.add_argument("--mfu", type=float, default=Assumptions.mfu, help="MFU for the step-time floor")
     ap.add_argument("--headroom", type=float, default=Assumptions.headroom, help="share of GPU memory kept free")
+    ap.add_argument("--mean-seq-len", type=int,
+                    help="average prompt+response tokens for FLOPs and time (default: the maximum)")
+    ap.add_argument("--unfused-attention", action="store_true",
+                    help="no Transformer Engine on the cluster: the local spec keeps the s x s attention scores")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = ap.parse_args(argv)
+    assumptions = Assumptions(mfu=args.mfu, headroom=args.headroom, flash_attention=not args.unfused_attention)
     try:
         cfg = load_config(args.config, args.overrides)
-        p, source, suggestion = plan_run(cfg, args.gpus, Assumptions(mfu=args.mfu, headroom=args.headroom))
+        p, source, suggestion = plan_run(cfg, args.gpus, assumptions, args.mean_seq_len)
     except ConfigError as e:
         print(f"harmony plan: {e}", file=sys.stderr)
         return 2

@@ -43,3 +43,15 @@ def hf_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0):
 def save_hf_model(name: str, path: Path, dtype: torch.dtype = torch.float32, **save_kw) -> Path:
     hf_model(name, dtype).save_pretrained(path, **save_kw)
     return path
+
+
+def save_char_tokenizer(path: Path, vocab_size: int) -> None:
+    """A character-level tokenizer (ids < vocab_size) saved next to a tiny model; no downloads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)][: vocab_size - 1]
+    vocab = {"<unk>": 0, **{c: k + 1 for k, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(path)

@@ -33,14 +33,17 @@ def expected(records, algo):
 
 
 def check(records, algo, rank, world, empty_rank=None):
+    """This rank's share through the reducer == the whole batch in one process, in reverse order
+    (records carry their batch index, so the layout must not matter)."""
     lo, hi = shard(records, rank, world, empty_rank)
     red = Reducer(algo, equivalence=ExactClasses() if rank == 0 else None)
     rewards, metrics = red(records[lo:hi], step=100)
-    want = expected(records, algo)
+    want = expected(records[::-1], algo)
+    want.rewards.reverse()
     assert rewards == want.rewards[lo:hi], (rank, rewards, want.rewards[lo:hi])
     for key, value in want.metrics.items():
         if not key.startswith("time/"):
-            assert metrics[key] == value, (key, metrics[key], value)
+            assert abs(metrics[key] - value) <= 1e-12 * max(1.0, abs(value)), (key, metrics[key], value)
     return metrics
 
 
@@ -79,8 +82,8 @@ def main():
     rewards, metrics = Reducer(AlgorithmConfig(), equivalence=eq)(hostile, step=0)
     # label 12 (= 24/2) in both views; half of each view matches it, so the sharpness penalty is 0
     assert rewards == [1.0, 0.0, 0.0, 1.0], rewards
-    assert metrics["equivalence/timeouts"] + metrics["equivalence/failures"] >= 1, metrics
-    assert metrics["equivalence/rejected_too_long"] >= 1, metrics
+    incidents = ("timeouts", "failures", "rejected_too_long", "rejected_huge")
+    assert sum(metrics.get(f"equivalence/{k}", 0) for k in incidents) >= 2, metrics  # both reported
     if eq is not None:
         eq.close()
 

@@ -1,4 +1,5 @@
-"""Weight export under TP=2, PP=2 and TP2xPP2 (gloo) vs converting the same trained shards offline."""
+"""Weight export under TP=2, PP=2 (with 2 virtual stages) and TP2xPP2 (gloo) vs converting the same
+trained shards offline."""
 
 from collections import defaultdict
 from pathlib import Path
@@ -37,11 +38,13 @@ def offline_convert(raw_files: list[Path], hf_cfg: dict) -> dict[str, torch.Tens
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2), (2, 2)], ids=["tp2", "pp2", "tp2pp2"])
-def test_export_is_bit_identical_to_offline_conversion(tmp_path, run_torchrun, tp, pp):
-    proc = run_torchrun(SCRIPT, tp * pp, str(tmp_path), str(tp), str(pp), timeout=400)
+@pytest.mark.parametrize("tp,pp,vpp", [(2, 1, None), (1, 2, 2), (2, 2, None)], ids=["tp2", "pp2vpp2", "tp2pp2"])
+def test_export_is_bit_identical_to_offline_conversion(tmp_path, run_torchrun, tp, pp, vpp):
+    proc = run_torchrun(SCRIPT, tp * pp, str(tmp_path), str(tp), str(pp), *([str(vpp)] if vpp else []), timeout=400)
     assert proc.stdout.count("BRIDGE EXPORT OK") == tp * pp
-    tags = {"qwen3": tiny_hf_config("qwen3"), "llama_tied": tiny_hf_config("llama", tie_word_embeddings=True)}
+    layers = max(2, pp * (vpp or 1))  # as in the script
+    tags = {"qwen3": tiny_hf_config("qwen3", num_hidden_layers=layers),
+            "llama_tied": tiny_hf_config("llama", tie_word_embeddings=True, num_hidden_layers=layers)}
     if pp == 1:
         tags["qwen2"] = tiny_hf_config("qwen2")
     for tag, cfg in tags.items():
@@ -84,3 +87,18 @@ def test_assign_buckets():
     assert assign_buckets([10, 50, 10], 25) == [0, 1, 2]  # oversized in the middle alone
     assert assign_buckets([25, 25], 25) == [0, 1]
     assert assign_buckets([], 25) == []
+
+
+def test_make_params_current_forces_the_overlapped_param_gather_only():
+    from types import SimpleNamespace
+
+    from harmony_mcore.bridge.export import make_params_current
+
+    calls = []
+
+    def chunk(dist_opt, overlap):
+        cfg = SimpleNamespace(use_distributed_optimizer=dist_opt, overlap_param_gather=overlap)
+        return SimpleNamespace(ddp_config=cfg, start_param_sync=lambda **kw: calls.append((dist_opt, overlap, kw)))
+
+    make_params_current([chunk(True, True), chunk(True, False), chunk(False, False), SimpleNamespace()])
+    assert calls == [(True, True, {"force_sync": True})]

@@ -9,6 +9,8 @@ from harmony_mcore.consensus.strategies import (
     PER_VIEW, STRATEGIES, get_strategy, harmonic_score, power_mean_score, weighted_invariant_score,
 )
 
+relaxed = settings(deadline=None)  # no per-example deadline: a shared CI machine's timing varies
+
 shares = st.lists(st.floats(min_value=1e-3, max_value=1.0), min_size=1, max_size=6)
 view = st.lists(st.one_of(st.none(), st.integers(0, 5)), min_size=1, max_size=12)
 views_k = st.lists(view, min_size=1, max_size=4)
@@ -31,6 +33,7 @@ def _ref_harmonic_label(views):
 
 # ---- property tests --------------------------------------------------------------------------
 
+@relaxed
 @given(shares)
 def test_harmonic_le_geometric_le_arithmetic(p):
     h, g, a = harmonic_score(p), power_mean_score(p, 0), power_mean_score(p, 1)
@@ -39,6 +42,7 @@ def test_harmonic_le_geometric_le_arithmetic(p):
     assert math.isclose(power_mean_score(p, -1), h, rel_tol=1e-12)
 
 
+@relaxed
 @given(shares)
 def test_power_mean_limits(p):
     g = math.exp(sum(map(math.log, p)) / len(p))
@@ -57,6 +61,7 @@ def test_power_mean_limits(p):
 share_or_zero = st.one_of(st.just(0.0), st.floats(1e-6, 1.0))
 
 
+@relaxed
 @given(share_or_zero, share_or_zero)
 def test_k2_harmonic_formula_and_weighted_invariant_half(p0, p1):
     expect = 2 * p0 * p1 / (p0 + p1) if p0 > 0 and p1 > 0 else 0.0
@@ -65,7 +70,7 @@ def test_k2_harmonic_formula_and_weighted_invariant_half(p0, p1):
     assert math.isclose(weighted_invariant_score([p0, p1], 0.5), expect, rel_tol=1e-9, abs_tol=1e-12)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(views_k)
 def test_harmonic_matches_exact_reference_and_never_picks_an_absent_answer(views):
     vote = get_strategy("harmonic-mean")(views)
@@ -76,6 +81,7 @@ def test_harmonic_matches_exact_reference_and_never_picks_an_absent_answer(views
         assert vote.counts[0] == tuple(v.count(vote.label) for v in views)
 
 
+@relaxed
 @given(views_k, st.randoms(use_true_random=False))
 def test_joint_strategies_are_symmetric_in_the_views(views, rnd):
     perm = list(range(len(views)))
@@ -90,6 +96,7 @@ def test_joint_strategies_are_symmetric_in_the_views(views, rnd):
     assert b.labels == tuple(a.labels[i] for i in perm)
 
 
+@relaxed
 @given(views_2)
 def test_weighted_invariant_pi_half_is_harmonic_and_swapping_views_swaps_pi(views):
     assert get_strategy("weighted-invariant", pi=0.5)(views).label == get_strategy("harmonic-mean")(views).label
@@ -98,11 +105,13 @@ def test_weighted_invariant_pi_half_is_harmonic_and_swapping_views_swaps_pi(view
     assert s.label == t.label
 
 
+@relaxed
 @given(views_k, st.floats(-5, 5))
 def test_lambda_is_one_minus_k(views, lam):
     assert get_strategy("power-mean", lam=lam)(views) == get_strategy("power-mean", k=1 - lam)(views)
 
 
+@relaxed
 @given(views_k)
 def test_lambda_2_is_harmonic_and_lambda_0_ranks_like_majority_with_equal_view_sizes(views):
     assert get_strategy("power-mean", lam=2)(views).label == get_strategy("harmonic-mean")(views).label
@@ -196,7 +205,8 @@ def test_registry_errors_name_the_fix():
         get_strategy("majority")([])
 
 
-@given(st.floats(0.0, 1.0), share_or_zero, share_or_zero)
+@relaxed
+@given(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(1e-6, 1 - 1e-6)), share_or_zero, share_or_zero)
 def test_weighted_invariant_matches_its_definition(pi, p0, p1):
     pbar = pi * p0 + (1 - pi) * p1
     expect = pbar - pi * (1 - pi) * (p0 - p1) ** 2 / pbar if pbar > 0 else 0.0

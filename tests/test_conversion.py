@@ -2,6 +2,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +13,9 @@ from conversion.cli import main as convert_main
 from conversion.common import ConversionError
 from harmony_mcore.bridge.dist_ckpt import CheckpointError
 from harmony_mcore.bridge.mapping import MappingError
+from harmony_mcore.config import ConfigError
 from harmony_mcore.bridge.safetensors_io import SafetensorsError
-from tests.conversion_models import hf_model, save_hf_model
+from tests.conversion_models import hf_model, save_char_tokenizer, save_hf_model
 
 
 def _hf_tensors(path):
@@ -29,9 +31,11 @@ def _quiet(*_a, **_k):
 
 @pytest.mark.parametrize("name,tp,shard", [("qwen2", 2, None), ("qwen3", 4, "40KB"), ("llama", 1, None),
                                            ("qwen3_mqa", 1, None)])
-def test_round_trip_is_bit_exact_and_loads_in_transformers(tmp_path, name, tp, shard):
+def test_round_trip_is_bit_exact_and_loads_in_transformers(tmp_path, monkeypatch, name, tp, shard):
     from transformers import AutoModelForCausalLM
 
+    if shard:  # also store small chunks (row blocks below the TP blocks)
+        monkeypatch.setattr(hf_to_mcore, "MAX_CHUNK_BYTES", 4096)
     kw = {"max_shard_size": shard} if shard else {}
     src = save_hf_model(name, tmp_path / "hf", torch.bfloat16, **kw)
     hf_to_mcore.convert(src, tmp_path / "mc", tp=tp, log=_quiet)
@@ -88,7 +92,7 @@ def _rewrite_weights(path, edit):
 
 def test_unknown_architecture(tiny, tmp_path):
     _edit_config(tiny, architectures=["MixtralForCausalLM"])
-    with pytest.raises(MappingError, match="unknown architecture 'MixtralForCausalLM'.*supported: .*LlamaForCausalLM"):
+    with pytest.raises(ConfigError, match="unsupported architecture MixtralForCausalLM: supported are .*LlamaForCausalLM"):
         hf_to_mcore.convert(tiny, tmp_path / "mc", log=_quiet)
 
 
@@ -182,7 +186,7 @@ def test_cli_reports_errors_without_traceback(tiny, tmp_path, capsys):
     _edit_config(tiny, architectures=["GPT2LMHeadModel"])
     assert convert_main(["hf-to-mcore", "--hf", str(tiny), "--out", str(tmp_path / "mc")]) == 2
     err = capsys.readouterr().err
-    assert "error: unknown architecture 'GPT2LMHeadModel'" in err and "Traceback" not in err
+    assert "error: unsupported architecture GPT2LMHeadModel" in err and "Traceback" not in err
 
 
 def test_tied_checkpoint_with_lm_head_copy_is_accepted(tmp_path):
@@ -194,3 +198,88 @@ def test_tied_checkpoint_with_lm_head_copy_is_accepted(tmp_path):
     model = hf_model("llama")
     assert torch.equal(_hf_tensors(tmp_path / "back")["model.embed_tokens.weight"],
                        model.state_dict()["model.embed_tokens.weight"])
+
+
+# ---- logits of converted checkpoints inside Megatron (gloo processes) ---------------------------
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("converted")
+    pairs = []
+    for name, layout_tp in (("qwen2", 2), ("qwen3", 1), ("llama", 2)):
+        src = save_hf_model(name, root / f"{name}_hf", torch.float32)
+        if name == "qwen2":
+            save_char_tokenizer(src, 250)  # verify tokenizes its prompts with it
+        limit = hf_to_mcore.MAX_CHUNK_BYTES
+        if name == "llama":  # many small chunks: embedding and fc1 row-blocks, QKV group blocks
+            hf_to_mcore.MAX_CHUNK_BYTES = 2048
+        try:
+            hf_to_mcore.convert(src, root / f"{name}_mc", tp=layout_tp, log=_quiet)
+        finally:
+            hf_to_mcore.MAX_CHUNK_BYTES = limit
+        pairs.append(f"{src}={root / f'{name}_mc'}")
+    other = root / "qwen2_other"
+    hf_model("qwen2", torch.float32, seed=1).save_pretrained(other)
+    return pairs, other
+
+
+@pytest.mark.dist
+def test_logits_single_process_and_verify_command(converted, run_torchrun):
+    pairs, other = converted
+    script = Path(__file__).parent / "dist" / "conversion_logits.py"
+    out = run_torchrun(script, 1, "1", "1", *pairs, env={"OTHER_HF": str(other)}).stdout
+    assert out.count("max|diff|") == 3 and "verify OK" in out
+
+
+@pytest.mark.dist
+def test_logits_tp2_pp2_and_export_of_a_megatron_saved_checkpoint(converted, run_torchrun, tmp_path):
+    pairs, _ = converted
+    script = Path(__file__).parent / "dist" / "conversion_logits.py"
+    out = run_torchrun(script, 4, "2", "2", *pairs, env={"SAVE_ROOT": str(tmp_path / "saved")}).stdout
+    assert out.count("max|diff|") == 6  # two last-stage TP ranks x three models
+    # checkpoints saved by megatron itself at TP2 x PP2 (padded vocab, per-rank chunks) export bit-exactly
+    for pair in pairs:
+        src = Path(pair.split("=")[0])
+        back = tmp_path / f"{src.name}_back"
+        mcore_to_hf.convert(tmp_path / "saved" / src.name, back, hf_config=src, log=_quiet)
+        a, b = _hf_tensors(src), _hf_tensors(back)
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- release quantization ----------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_quantize_without_gpu_says_so(tiny, tmp_path, capsys):
+    assert convert_main(["quantize", "--hf", str(tiny), "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "quantize needs a CUDA GPU" in err and not (tmp_path / "q").exists()
+
+
+@pytest.mark.gpu
+def test_quantize_fp8_on_gpu(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from conversion import quantize
+
+    src = save_hf_model("llama", tmp_path / "hf", torch.bfloat16)
+    save_char_tokenizer(src, 300)
+    quantize.quantize(src, tmp_path / "q", log=_quiet)
+    cfg = json.loads((tmp_path / "q/config.json").read_text())
+    assert "quantization_config" in cfg or (tmp_path / "q/hf_quant_config.json").exists()
+    assert any(t.dtype == torch.float8_e4m3fn for t in _hf_tensors(tmp_path / "q").values())
+    AutoModelForCausalLM.from_pretrained(tmp_path / "q")  # transformers reads the export
+
+
+def test_finds_checkpoint_and_hf_files_in_a_run_directory(tiny, tmp_path):
+    # the trainer's layout: RUN/initial_mcore (converted, with hf/) and RUN/checkpoints/step_*/model
+    run = tmp_path / "run"
+    hf_to_mcore.convert(tiny, run / "initial_mcore", log=_quiet)
+    for step in (10, 20):
+        hf_to_mcore.convert(tiny, run / f"checkpoints/step_{step:07d}/model", log=_quiet)
+        (run / f"checkpoints/step_{step:07d}/model/hf/config.json").unlink()  # the trainer keeps none there
+    (run / "checkpoints/step_0000020/optimizer").mkdir()
+    assert mcore_to_hf.find_checkpoint(run) == run / "checkpoints/step_0000020/model"
+    assert mcore_to_hf.find_checkpoint(run / "checkpoints/step_0000010") == run / "checkpoints/step_0000010/model"
+    info = mcore_to_hf.convert(run, tmp_path / "out", log=_quiet)
+    assert info["hf_config"] == str(run / "initial_mcore/hf")
+    assert (tmp_path / "out/config.json").read_bytes() == (tiny / "config.json").read_bytes()

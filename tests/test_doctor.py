@@ -113,3 +113,17 @@ def test_pyproject_bounds_follow_the_matrix():
                 assert doctor.in_range(spec.version, comp), (req, comp)
             checked += 1
     assert checked >= 10
+
+
+def test_exit_status_and_fix_when_a_core_package_is_missing(monkeypatch, capsys):
+    real = doctor.installed_version
+    monkeypatch.setattr(doctor, "installed_version", lambda c: None if c.name == "megatron-core" else real(c))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    monkeypatch.setenv("NCCL_DEBUG", "WARN")
+    assert doctor.main([]) == 1
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "PROBLEM megatron-core is missing" in out and "pip install 'megatron-core>=0.16,<0.20'" in out
+    assert "SLURM_JOB_ID=4242" in out and "SLURM_NNODES=2" in out and "NCCL_DEBUG=WARN" in out
+    assert doctor.main(["no-such-preset"]) == 2
+    assert "unknown config 'no-such-preset'" in capsys.readouterr().err

@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.dist
-def test_params_per_rank_equal_the_megatron_model(run_torchrun, tmp_path):
-    """One 4-process launch builds every family under TP2xPP2, TP2(xDP2), PP2(xDP2) and PP2xVPP2."""
+def test_params_and_inflight_microbatches_equal_megatron(run_torchrun, tmp_path):
+    """One 4-process launch builds every family under TP2xPP2, TP2(xDP2), PP2(xDP2) and PP2xVPP2, and
+    runs Megatron's 1F1B and interleaved schedules counting the micro-batches each rank holds."""
     out = tmp_path / "params.json"
     run_torchrun(REPO / "tests/dist/plan_params.py", 4, "2x2x0,2x1x0,1x2x0,1x2x2", str(out))
     result = json.loads(out.read_text())
@@ -28,6 +29,10 @@ def test_params_per_rank_equal_the_megatron_model(run_torchrun, tmp_path):
         for name, hf in result["families"].items():
             expected = plan.params_per_rank(plan.ModelShape.from_hf(hf), row["tp"], row["pp"])[row["pp_rank"]]
             assert row[name] == expected * 4, (name, row)  # fp32 on CPU
+        vpp = row["vpp"] or None
+        for micro, held in row.get("inflight", {}).items():  # chunk-micro-batches; the plan counts stages' worth
+            assert held == plan.inflight_microbatches(row["pp_rank"], row["pp"], vpp, int(micro)) * (vpp or 1), row
+    assert sum("inflight" in row for row in result["ranks"]) == 12
 
 
 def _hf_param_count(hf: dict) -> int:
@@ -108,7 +113,7 @@ def _worked_example() -> dict[str, str]:
 
 def test_worked_example_in_docs():
     doc = _worked_example()
-    assert len(doc) == 16
+    assert len(doc) == 17
     cfg = load_config("qwen3-8b-math500", [
         "parallel.tp=2", "parallel.pp=1", "parallel.vpp=null", "parallel.dp=null", "parallel.sequence_parallel=false",
         "parallel.micro_batch_size=1", "parallel.distributed_optimizer=true", "parallel.offload_reference=true",
@@ -118,6 +123,7 @@ def test_worked_example_in_docs():
     p, source, suggestion = plan.plan_run(cfg, gpus=8)
     st, r = p["stages"][0], p["rollout"]
     ours = {"params_per_rank": st["params"], "concurrent_sequences": r["concurrent_sequences"], "waves": r["waves"],
+            "decode_steps": r["decode_steps"],
             "kv_bytes_per_token": r["kv_bytes_per_token"], "kv_pool": r["kv_pool"],
             "forward_flops_per_sequence": plan.forward_flops(plan.ModelShape.from_hf(cfg.model.hf_config), 4096),
             "fits": str(p["fits"]).lower()}
@@ -167,8 +173,15 @@ def test_suggestion_is_the_smallest_layout_that_fits():
     m, w = plan.ModelShape.from_hf(cfg.model.hf_config), plan.Workload.from_config(cfg)
     w2 = plan.Workload(**{**w.__dict__, "memory_fraction": fraction})
     assert plan.plan(m, lay, w2)["fits"] and lay.gpus == 8
-    base = plan.layout_from_config(cfg, None)
-    smaller = [c for c in plan.candidate_layouts(m, base) if c.tp * c.pp < lay.tp * lay.pp and w.sequences % c.dp == 0]
+    base, check = plan.layout_from_config(cfg, 8), plan.preflight_check(cfg, cfg.model.hf_config)
+    smaller = []
+    for c in plan.candidate_layouts(base):
+        try:
+            check(c)
+        except ConfigError:
+            continue
+        if c.tp * c.pp < lay.tp * lay.pp:
+            smaller.append(c)
     assert smaller
     for c in smaller:  # at no vLLM share from 0.05 up to the configured one
         for k in range(1, 13):
@@ -186,12 +199,22 @@ def test_generate_phase_names_the_memory_fraction_fix():
     assert fixed["fits"]
 
 
+def test_shape_from_a_local_config_json(tmp_path):
+    hf = dict(_preset("qwen3-4b-math500").model.hf_config)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    cfg = load_config("qwen3-4b-math500", ["model.hf_config=null", f"model.path={tmp_path}"])
+    p, source, _ = plan.plan_run(cfg)
+    assert source == str(tmp_path / "config.json") and p["params_total"] == _hf_param_count(hf)
+
+
 def test_bad_inputs_name_the_fix():
     with pytest.raises(ConfigError, match="NODESxGPUS_PER_NODExHARDWARE"):
         plan.parse_fits("8xA100")
     with pytest.raises(ConfigError, match="not a multiple of parallel.tp"):
-        plan.layout_from_config(load_config("qwen3-8b-math500", ["parallel.tp=3"]), 8)
-    with pytest.raises(ConfigError, match="do not split over parallel.pp=5"):
+        plan.plan_run(load_config("qwen3-8b-math500", ["parallel.tp=3"]), 8)
+    with pytest.raises(ConfigError, match="are not divisible by parallel.tp=3"):
+        plan.plan_run(load_config("qwen3-8b-math500", ["parallel.tp=3"]), 12)
+    with pytest.raises(ConfigError, match="36 layers are not divisible by parallel.pp=5"):
         plan.plan_run(load_config("qwen3-8b-math500", ["parallel.pp=5", "parallel.tp=1"]), gpus=10)
     with pytest.raises(ConfigError, match="without downloading"):
         plan.plan_run(load_config("qwen3-8b-math500", ["model.hf_config=null", "model.path=/nonexistent/model"]))
@@ -208,3 +231,34 @@ def test_cli_json_and_errors(capsys):
     assert "peak: train" in out and "smallest layout that fits" in out
     assert plan.main(["qwen3-8b-math500", "parallel.tp=3"]) == 2
     assert "not a multiple of parallel.tp" in capsys.readouterr().err
+
+
+def test_gpu_policy_check_prints_the_plan_for_its_own_setup():
+    """benchmarks/gpu_policy_check.py reports the plan next to max_memory_allocated; its estimate is
+    20 bytes per parameter (bf16 weights, fp32 grads, 12 of Adam, bf16 reference) plus 28 layers of
+    activations and the logits, with the parameter count taken from transformers."""
+    import importlib.util
+
+    from harmony_mcore.config import ParallelConfig
+
+    spec = importlib.util.spec_from_file_location("gpu_policy_check", REPO / "benchmarks/gpu_policy_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    hf = bench.QWEN3_1P7B
+    assert hf["vocab_size"] % 128 == 0 and hf["tie_word_embeddings"]  # no padding, one embedding copy
+    m = plan.ModelShape.from_hf(hf)
+    act = plan.layer_activation_bytes(m, bench.SEQ, 1, tp=1, sp=False, recompute="selective", flash=False)
+    expected = 20 * _hf_param_count(hf) + 28 * act + bench.SEQ * hf["vocab_size"] * 6
+    par = ParallelConfig(tp=1, pp=1, micro_batch_size=1, distributed_optimizer=True)
+    assert bench.plan_estimate_gib(par, "selective") == pytest.approx(expected / 2**30, rel=1e-12)
+
+
+def test_mean_seq_len_changes_time_not_memory():
+    cfg = load_config("qwen3-8b-math500", ["parallel.micro_batch_size=1", "rollout.gpu_memory_utilization=0.3"])
+    full, _, _ = plan.plan_run(cfg)
+    short, _, _ = plan.plan_run(cfg, mean_seq_len=1024)
+    assert short["peak"] == full["peak"] and short["stages"] == full["stages"]
+    m = plan.ModelShape.from_hf(cfg.model.hf_config)
+    assert short["flops"]["train"] == 3 * 4096 * plan.forward_flops(m, 1024)
+    assert short["rollout"]["decode_steps"] < full["rollout"]["decode_steps"] / 3
+    assert short["time_floor_s"]["total"] < full["time_floor_s"]["total"] / 3

@@ -42,6 +42,13 @@ def test_ties_go_to_the_earliest_sampled_answer():
     rows = [Record("a", 0, "9"), Record("a", 0, "1"), Record("a", 1, "1"), Record("a", 1, "9")]
     assert _batch(rows).problems[0].label_answers == ("9", "9")
     assert _batch(rows[1::-1] + rows[2:]).problems[0].label_answers == ("1", "1")
+    # with each response's batch position, the arrival order (i.e. the layout) no longer matters
+    for i, r in enumerate(rows):
+        r.index = 10 + i
+    for order in ([0, 1, 2, 3], [1, 0, 3, 2], [3, 1, 2, 0]):
+        res = _batch([rows[i] for i in order])
+        assert res.problems[0].label_answers == ("9", "9")
+        assert [res.rewards[order.index(i)] for i in range(4)] == [1, 0, 0, 1]
 
 
 def test_metrics_by_hand():
@@ -108,3 +115,18 @@ def test_record_from_response():
     assert Record.from_response(4, 0, text).format_score is None
     assert Record.from_response(4, 1, "\\boxed{2}", markers=False).format_score is None
     assert Record.from_response(4, 1, "\\boxed{2").answer is None
+
+
+def test_reference_path_votes_exact_and_rewards_with_a_looser_equivalence():
+    from harmony_mcore.answers import Equivalence
+
+    rows = [Record("a", 0, "\\frac12"), Record("a", 0, "\\frac12"), Record("a", 0, "0.5"),
+            Record("a", 1, "\\frac12"), Record("a", 1, "\\dfrac{1}{2}")]
+    exact, loose = Equivalence("exact"), Equivalence("normalized")
+    same = compute_batch(rows, equivalence=exact, strategy=HM)
+    assert same.problems[0].vote.counts[0] == (2, 1) and same.rewards == [1, 1, 0, 1, 0]
+    ref = compute_batch(rows, equivalence=exact, strategy=HM, reward_equivalence=loose)
+    assert ref.problems[0].vote == same.problems[0].vote and ref.rewards == [1, 1, 0, 1, 1]
+    algo = AlgorithmConfig(sharpness_coef=0.0, consensus=ConsensusConfig(match="exact", reward_match="normalized"))
+    assert Reducer(algo).compute(rows, step=0).rewards == [1, 1, 0, 1, 1]
+    assert Reducer(AlgorithmConfig(consensus=ConsensusConfig(match="exact"))).reward_equivalence is None

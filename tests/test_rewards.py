@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harmony_mcore.algo.loss import grpo_advantages
@@ -12,6 +12,8 @@ from harmony_mcore.rewards import (
     REWARDS, ProblemRollouts, RewardOptions, format_score, get_reward, problem_rewards, response_mean,
     sharpness_penalty, soft_rank_rewards, token_entropy, view_has_policy_gradient,
 )
+
+relaxed = settings(deadline=None)  # no per-example deadline: a shared CI machine's timing varies
 
 PL = get_reward("pseudo-label")
 
@@ -79,6 +81,7 @@ def test_sharpness_penalty_values():
     assert sharpness_penalty(0, 0) == 0.0
 
 
+@relaxed
 @given(st.lists(st.lists(st.one_of(st.none(), st.integers(0, 3)), min_size=2, max_size=16), min_size=2, max_size=2),
        st.booleans())
 def test_sharpness_shifts_rewards_but_cancels_in_grpo(views, normalize_std):

@@ -169,3 +169,12 @@ def test_sleep_wake_and_params_validation(engine, tok):
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="request_seeds"):
         engine.generate([[5]], SamplingParams(request_seeds=[1, 2], max_tokens=1))
+
+
+def test_from_pretrained_directory(tmp_path, engine, tok):
+    engine.model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = TorchEngine.from_pretrained(str(tmp_path), device="cpu")
+    seq = tok.encode("same weights?", add_special_tokens=False)
+    torch.testing.assert_close(loaded.score([seq])[0], ref_logprobs(engine.model, seq, 1.0), atol=1e-6, rtol=0)
+    assert loaded.prompt_ids([{"role": "user", "content": "hi"}]) == engine.prompt_ids([{"role": "user", "content": "hi"}])

@@ -6,7 +6,8 @@ import pytest
 
 from harmony_mcore.config import ConfigError, RolloutConfig
 from harmony_mcore.rollout.base import SamplingParams, sample_seed
-from harmony_mcore.rollout.vllm_engine import engine_args, rollout_tp_groups, to_result, vllm_sampling_kwargs
+from harmony_mcore.rollout.vllm_engine import (engine_args, merge_group_requests, rollout_tp_groups, to_result,
+                                               vllm_sampling_kwargs)
 
 
 def test_engine_args_colocated_sleep_mode_and_overrides():
@@ -18,6 +19,9 @@ def test_engine_args_colocated_sleep_mode_and_overrides():
     assert args["logprobs_mode"] == "processed_logprobs"
     assert (args["model"], args["seed"], args["max_model_len"], args["max_num_seqs"]) == ("/ckpt/hf", 7, 4096, 64)
     assert args["enforce_eager"] is True and args["gpu_memory_utilization"] == 0.5
+    standalone = engine_args(RolloutConfig(), "/m", dtype="fp16", seed=0, max_model_len=None, colocated=False)
+    assert "distributed_executor_backend" not in standalone and "load_format" not in standalone
+    assert "max_model_len" not in standalone and standalone["dtype"] == "float16"
     with pytest.raises(ValueError, match="dtype='int8'"):
         engine_args(cfg, "/x", dtype="int8", seed=0, max_model_len=8)
 
@@ -77,3 +81,13 @@ def test_engine_kind_and_factory():
     engine = create_engine(RolloutConfig(engine="torch"), hf_config=tiny_hf_config("llama", vocab_size=len(tok)),
                            tokenizer=tok, dtype="fp32")
     assert isinstance(engine, TorchEngine) and next(engine.model.parameters()).dtype.is_floating_point
+
+
+def test_requests_of_a_rollout_tp_group():
+    same = [[([1, 2], {"n": 2})], [([1, 2], {"n": 2})]]
+    assert merge_group_requests(same, 1) == (slice(0, 1), [([1, 2], {"n": 2})])  # run once, not twice
+    different = [["a", "b"], ["c"], ["d", "e"]]
+    mine, everyone = merge_group_requests(different, 2)
+    assert everyone == ["a", "b", "c", "d", "e"] and everyone[mine] == ["d", "e"]
+    mine, everyone = merge_group_requests(different, 1)
+    assert everyone[mine] == ["c"]

@@ -12,6 +12,8 @@ close to our `normalized` (we keep 0.5 and 1/2 apart there; `math` joins them).
 Relation used in `math` mode, between two distinct normalized forms a, b:
 - both plain numbers (integers, decimals, fractions): equal by value; if either is a
   decimal, equal after rounding both to 6 places -- math-verify's own rule for floats;
+- both simple enough for `numeric.fingerprint` and their values far apart: not equal
+  (math-verify could not find them equal; see numeric.py);
 - otherwise math-verify in a worker process: verify(a, b) OR verify(b, a) (verify is
   asymmetric), which makes the relation symmetric;
 - a form longer than `max_len`, or one whose parse timed out, equals nothing but itself.
@@ -36,13 +38,14 @@ from fractions import Fraction
 from multiprocessing.connection import wait
 
 from harmony_mcore.answers import _mv_worker as W
+from harmony_mcore.answers.numeric import distinct, fingerprint
 
 MODES = ("math", "normalized", "exact")
 
 # ---------------------------------------------------------------------------------------
 # Normalisation (pure, cheap, linear-time regexes)
 
-_SPACING = re.compile(r"\\[!,;:> ]|\\q?quad(?![A-Za-z])|~")
+_SPACING = re.compile(r"(?<!\\)\\[!,;:> ]|\\q?quad(?![A-Za-z])|~")  # not the `\\` of a row break
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
 _FRAC_CMD = re.compile(r"\\[dt]frac(?![A-Za-z])")
@@ -170,6 +173,7 @@ def normalize(ans: str) -> str:
 
 
 _normalize_cached = functools.lru_cache(maxsize=1 << 16)(normalize)
+_fingerprint_cached = functools.lru_cache(maxsize=1 << 16)(fingerprint)
 
 # ---------------------------------------------------------------------------------------
 # Worker pool with a hard per-operation wall-clock timeout
@@ -192,11 +196,17 @@ class EquivalenceStats:
 
 
 class _Job:
-    """One problem's work: parse each form, then verify each pair (op numbers in that order)."""
+    """One problem's work: parse forms[:n_parse], then verify each pair (op numbers in that
+    order). Forms from n_parse on carry the parent's numeric fingerprint in `prints` and are
+    parsed inside a pair op only if that pair needs math-verify."""
 
-    __slots__ = ("forms", "pairs", "codes", "bad", "dead", "strikes")
+    __slots__ = ("forms", "prints", "n_parse", "pairs", "codes", "bad", "dead", "strikes")
 
-    def __init__(self, forms: list[str], pairs: list[tuple[int, int]]):
+    def __init__(self, forms: list[str], pairs: list[tuple[int, int]],
+                 prints: list[tuple | None] | None = None):
+        self.prints = prints or [None] * len(forms)
+        self.n_parse = sum(p is None for p in self.prints)
+        assert all(p is None for p in self.prints[:self.n_parse]), "unprinted forms go first"
         self.forms, self.pairs = forms, pairs
         self.codes: list[int] = []
         self.bad: set[int] = set()  # forms whose remaining pairs are skipped
@@ -205,7 +215,7 @@ class _Job:
 
     @property
     def n_ops(self) -> int:
-        return len(self.forms) + len(self.pairs)
+        return self.n_parse + len(self.pairs)
 
 
 _WORKER_MAIN = f"import sys; from {W.__name__} import main; main(sys.argv[1:])"
@@ -257,12 +267,12 @@ class _Pool:
 
     def _send(self, slot: _Slot, job: _Job) -> None:
         slot.job, slot.since = job, time.monotonic()
-        slot.conn.send((job.forms, job.pairs, len(job.codes), job.bad))
+        slot.conn.send((job.forms, job.prints, job.n_parse, job.pairs, len(job.codes), job.bad))
 
     def _give_up_current(self, i: int, kind: str) -> _Job:
         """The op running in slot i timed out or crashed: record it, replace the worker."""
         job = self.slots[i].job
-        op, n = len(job.codes), len(job.forms)
+        op, n = len(job.codes), job.n_parse
         what = job.forms[op] if op < n else " ~ ".join(job.forms[k] for k in job.pairs[op - n])
         self.incidents.append((kind, "parse" if op < n else "verify", what[:200]))
         if kind == "timeout":
@@ -284,14 +294,17 @@ class _Pool:
         return job
 
     def _on_message(self, slot: _Slot, msg) -> None:
+        slot.since = time.monotonic()
         if msg == "ready":
-            slot.ready, slot.since = True, time.monotonic()
+            slot.ready = True
             return
-        op, code = msg
+        for op, code in msg:
+            self._on_result(slot, op, code)
+
+    def _on_result(self, slot: _Slot, op: int, code: int) -> None:
         job = slot.job
         job.codes.append(code)
-        slot.since = time.monotonic()
-        if op < len(job.forms):
+        if op < job.n_parse:
             self.stats.parses += 1
             if code != W.PARSED:
                 job.bad.add(op)
@@ -485,6 +498,7 @@ class Equivalence:
             fs = sorted(fs)  # canonical order: the work done does not depend on answer order
             uf = _UnionFind(len(fs))
             nums = [number_value(f) for f in fs]
+            prints = [_fingerprint_cached(f) if len(f) <= self.max_len else None for f in fs]
             solo = set()
             for i, f in enumerate(fs):
                 if len(f) > self.max_len:
@@ -503,6 +517,9 @@ class Equivalence:
                         if _numbers_equal(nums[i], nums[j]):
                             uf.union(i, j)
                         continue
+                    if prints[i] and prints[j] and distinct(prints[i], prints[j]):
+                        self.stats.numeric += 1
+                        continue
                     hit = self._cached(fs[i], fs[j])
                     if hit is None:
                         todo.append((i, j))
@@ -513,9 +530,11 @@ class Equivalence:
             todo = [(i, j) for i, j in todo if uf.find(i) != uf.find(j)]
             job = None
             if todo:
-                used = sorted({k for p in todo for k in p})
+                # forms without a numeric fingerprint first: they get explicit parse ops
+                used = sorted({k for p in todo for k in p}, key=lambda k: (prints[k] is not None, k))
                 local = {k: n for n, k in enumerate(used)}
-                job = _Job([fs[k] for k in used], [(local[i], local[j]) for i, j in todo])
+                job = _Job([fs[k] for k in used], [(local[i], local[j]) for i, j in todo],
+                           [prints[k] for k in used])
             jobs.append((fs, uf, job))
         work = [job for _, _, job in jobs if job is not None]
         if work:
@@ -523,7 +542,7 @@ class Equivalence:
         roots = []
         for fs, uf, job in jobs:
             if job is not None:
-                n = len(job.forms)
+                n = job.n_parse
                 self.stats.unparsed += job.codes[:n].count(W.UNPARSED)
                 self._dead_forms.update(job.forms[k] for k in job.dead)
                 index = {f: i for i, f in enumerate(fs)}

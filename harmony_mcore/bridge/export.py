@@ -18,7 +18,7 @@ engine loads in-process, so there is nothing to pack for IPC; they bound the mem
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -59,7 +59,6 @@ class ExportPlan:
     bucket_bytes: int
     tp: int
     pp: int
-    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def hf_tensors(self) -> list[HFTensor]:
@@ -133,27 +132,27 @@ def build_plan(chunks: Sequence[Any], hf_config: Any, *, rollout_dtype: torch.dt
     else:
         manifests = [local]
 
-    size = torch.empty(0, dtype=rollout_dtype).element_size()
-    rows = []
+    pending = []  # (PlanEntry fields, [(HF name, HF shape)])
     for global_name, name, c, owner, shard, dtype in (m for man in manifests for m in man):
         layout = mapping.tp_layout(global_name)
         full = _full_shape(layout, shard, tp)
-        expected = mapping.mcore_shape(global_name, padded_vocab=full[0] if layout == VOCAB else None)
-        if full != tuple(expected):
-            raise ValueError(f"{global_name}: TP-merged shape {full} but config.json implies {tuple(expected)}; "
+        expected = tuple(mapping.mcore_shape(global_name, padded_vocab=full[0] if layout == VOCAB else None))
+        if full != expected:
+            raise ValueError(f"{global_name}: TP-merged shape {full} but config.json implies {expected}; "
                              "the model was built from another config than the one given to the bridge")
-        hf = [(n, mapping.hf_shapes[n]) for n in mapping.hf_sources(global_name)]
-        rows.append((global_name, name, c, owner, layout, shard, full, dtype, hf))
+        fields = dict(mcore_name=global_name, local_name=name, chunk=c, owner_stage=owner, layout=layout,
+                      shard_shape=shard, full_shape=full, dtype=dtype)
+        pending.append((fields, [(n, tuple(mapping.hf_shapes[n])) for n in mapping.hf_sources(global_name)]))
 
-    exported = [n for r in rows for n, _ in r[8]]
+    exported = [n for _, hf in pending for n, _ in hf]
     missing = set(mapping.hf_shapes) - set(exported)
     if missing or len(exported) != len(set(exported)):
         raise ValueError(f"export plan does not cover the HF model exactly once: missing {sorted(missing)[:5]}, "
                          f"duplicates {sorted({n for n in exported if exported.count(n) > 1})[:5]}")
-    buckets = assign_buckets([_numel(s) * size for r in rows for _, s in r[8]], bucket_bytes)
+    size = torch.empty(0, dtype=rollout_dtype).element_size()
+    buckets = assign_buckets([_numel(shape) * size for _, hf in pending for _, shape in hf], bucket_bytes)
     it = iter(buckets)
-    entries = [PlanEntry(g, n, c, o, lay, sh, full, dt, tuple(HFTensor(hn, tuple(hs), next(it)) for hn, hs in hf))
-               for g, n, c, o, lay, sh, full, dt, hf in rows]
+    entries = [PlanEntry(**fields, hf=tuple(HFTensor(n, shape, next(it)) for n, shape in hf)) for fields, hf in pending]
     return ExportPlan(entries, (buckets[-1] + 1) if buckets else 0, rollout_dtype, bucket_bytes, tp, pp)
 
 
@@ -224,29 +223,42 @@ class WeightExporter:
 
         Returns phase timings in seconds: export (gather/merge/convert), load, wake.
         """
-        t0 = _now()
+        t0 = synced_time()
         engine.wake_up(["weights"])
-        t1 = _now()
+        t1 = synced_time()
         export_s = 0.0
 
         def timed() -> Iterator[tuple[str, torch.Tensor]]:
             nonlocal export_s
-            start = _now()
+            start = synced_time()
             for bucket in self.buckets():
-                export_s += _now() - start
+                export_s += synced_time() - start
                 yield from bucket
-                start = _now()
+                start = synced_time()
 
         engine.load_weights(timed())
-        t2 = _now()
+        t2 = synced_time()
         engine.wake_up(["kv_cache"])
         engine.reset_prefix_cache()
-        t3 = _now()
+        t3 = synced_time()
         return {"sync/export_s": export_s, "sync/load_s": (t2 - t1) - export_s, "sync/wake_s": (t1 - t0) + (t3 - t2),
                 "sync/total_s": t3 - t0, "sync/bytes": float(self.plan.total_bytes())}
 
 
-def _now() -> float:
+def policy_scorer(policy, temperature: float = 1.0) -> Callable[[list[list[int]]], list[torch.Tensor]]:
+    """`trainer_logprobs` for check_sync from a harmony_mcore.policy.Policy (collective, like Policy.logprobs)."""
+    def score(seqs: list[list[int]]) -> list[torch.Tensor]:
+        ids = torch.zeros(len(seqs), max(len(s) for s in seqs), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            ids[r, :len(s)] = torch.tensor(s)
+            mask[r, :len(s)] = 1
+        logp, _ = policy.logprobs(ids, mask, temperature=temperature)
+        return [logp[r, 1:len(s)] for r, s in enumerate(seqs)]  # column t holds log p(token t | tokens < t)
+    return score
+
+
+def synced_time() -> float:
     """Wall time after the GPU's queued work (timings of asynchronous kernels would be meaningless)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -30,24 +30,27 @@ from typing import Any, Mapping as TMapping, Sequence
 
 import torch
 
+from harmony_mcore.config import ConfigError
 
-class MappingError(ValueError):
+
+class MappingError(ConfigError):
     """A tensor or config that the mapping cannot handle, with the fix in the message."""
 
 
 @dataclass(frozen=True)
 class Family:
-    name: str
+    name: str  # HF model_type
     qkv_bias: bool  # Qwen2/2.5: biases on q/k/v projections
     qk_norm: bool  # Qwen3: RMSNorm on each query/key head
 
 
-# HF `architectures[0]` -> family. The only place a new dense family needs adding.
+# HF architecture -> family: the one registry (harmony_mcore.models.families derives its own from it).
 FAMILIES: dict[str, Family] = {
     "Qwen2ForCausalLM": Family("qwen2", qkv_bias=True, qk_norm=False),
     "Qwen3ForCausalLM": Family("qwen3", qkv_bias=False, qk_norm=True),
     "LlamaForCausalLM": Family("llama", qkv_bias=False, qk_norm=False),
 }
+
 
 # Tensor-parallel layouts of megatron params (how a full tensor splits over TP ranks).
 REPLICATED, COLUMN, ROW, GATE_UP, VOCAB = "replicated", "column", "row", "gate_up", "vocab"
@@ -133,14 +136,14 @@ class Mapping:
 
     def __init__(self, hf_config: Any):
         archs = _get(hf_config, "architectures") or []
-        arch = archs[0] if archs else None
+        by_type = {f.name: a for a, f in FAMILIES.items()}
+        arch = archs[0] if archs else by_type.get(_get(hf_config, "model_type"), "<none>")
         if arch not in FAMILIES:
-            raise MappingError(f"unknown architecture {arch!r} (config.json 'architectures'); "
-                               f"supported: {', '.join(FAMILIES)}")
+            raise MappingError(f"unsupported architecture {arch}: supported are {', '.join(sorted(FAMILIES))}")
         self.arch, self.family = arch, FAMILIES[arch]
         for flag in ("attention_bias", "mlp_bias"):
             if _get(hf_config, flag, False) and not (flag == "attention_bias" and self.family.qkv_bias):
-                raise MappingError(f"{arch} with {flag}=true is not supported: only Qwen2 has (q/k/v) biases")
+                raise MappingError(f"{self.arch} with {flag}=true is not supported: only Qwen2 has (q/k/v) biases")
         self.num_layers = int(_get(hf_config, "num_hidden_layers"))
         self.hidden = int(_get(hf_config, "hidden_size"))
         self.heads = int(_get(hf_config, "num_attention_heads"))

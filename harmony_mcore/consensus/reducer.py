@@ -4,10 +4,11 @@
 their OWN problem id (the reference paired rows of the two views by position after reordering them
 independently, so most reframe rewards were checked against another problem's label), votes per
 problem, and returns a reward per row in input order plus metrics. Class ids number a problem's
-answers by first appearance, solver view first, then each view in row order: the consensus
-tie-break (smallest id) thus picks the earliest sampled answer, which is deterministic for a given
-batch and, unlike an order of the strings themselves, favours no kind of answer. `Reducer` runs it on one rank:
-gather every rank's records there, compute, scatter each rank's rewards back in its local order.
+answers by first appearance, solver view first, then each view in `Record.index` order (else row
+order): the consensus tie-break (smallest id) thus picks the earliest sampled answer, which is the
+same for every parallel layout and, unlike an order of the strings themselves, favours no kind of
+answer. `Reducer` runs it on one rank: gather every rank's records there, compute, scatter each
+rank's rewards back in its local order.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ class Record:
     ground_truth: str | None = None  # monitoring only (and the gt baseline)
     format_score: float | None = None  # reframe views: rewards.format_score(response), computed locally
     value: float | None = None  # intuitor/rent: response_mean(token_fn(logits)), computed locally
+    # Position of the response in the whole batch, the same whatever the parallel layout: a
+    # problem's answers are numbered (and consensus ties broken) in this order. None: arrival order.
+    index: int | None = None
 
     @classmethod
     def from_response(cls, problem_id: str | int, view: int, response: str, ground_truth: str | None = None,
-                      *, choices: int | None = None, markers: bool = True, value: float | None = None) -> Record:
+                      *, choices: int | None = None, markers: bool = True, value: float | None = None,
+                      index: int | None = None) -> Record:
         """A record from a response text, built on the rank that generated it.
 
         `choices`: number of options of a multiple-choice benchmark (the boxed letter is the
@@ -49,7 +54,7 @@ class Record:
         if choices is not None:
             answer = extract_choice(answer, choices)
         return cls(problem_id, view, answer, ground_truth,
-                   format_score(response) if view > 0 and markers else None, value)
+                   format_score(response) if view > 0 and markers else None, value, index)
 
 
 @dataclass
@@ -95,14 +100,41 @@ def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+def _group(records: Sequence[Record], K: int) -> tuple[list, list[list[list[int]]], list[str | None]]:
+    """Problem ids in order of first appearance, their row indices per view, their ground truth."""
+    groups: dict[str | int, list[list[int]]] = {}
+    for i, r in enumerate(records):
+        if r.view >= K:
+            raise ValueError(f"record {i} (problem {r.problem_id!r}) has view {r.view} but num_views={K}")
+        groups.setdefault(r.problem_id, [[] for _ in range(K)])[r.view].append(i)
+    for views in groups.values():
+        for view in views:
+            view.sort(key=lambda i: (records[i].index is None, records[i].index or 0, i))
+    gts: list[str | None] = []
+    for p, views in groups.items():
+        given = {records[i].ground_truth for view in views for i in view} - {None}
+        if len(given) > 1:
+            raise ValueError(f"problem {p!r}: its rows disagree on ground_truth ({sorted(map(str, given))})")
+        gts.append(str(given.pop()) if given else None)
+    return list(groups), list(groups.values()), gts
+
+
+def _stats(equivalence) -> dict:
+    stats = getattr(equivalence, "stats", None)
+    return stats.as_dict() if hasattr(stats, "as_dict") else dict(stats or {})
+
+
 def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[[Views], Vote],
                   reward: str | RewardSource = "pseudo-label", options: RewardOptions | None = None,
-                  num_views: int | None = None) -> BatchResult:
+                  num_views: int | None = None, reward_equivalence=None) -> BatchResult:
     """Rewards for every record and per-problem labels, in one process.
 
     `equivalence` needs `classes_batch(list of answer lists) -> list of class-id lists` (ids by
     first appearance, None for no answer) and `stats` (see harmony_mcore.answers.Equivalence).
-    `num_views` defaults to 1 + the largest view present; a problem missing a view has N_k = 0.
+    `reward_equivalence` (default: the same) decides which answers match a label when rewarding;
+    a looser one than the voting equivalence reproduces the reference code (exact-string votes,
+    looser rewards). `num_views` defaults to 1 + the largest view present; a problem missing a
+    view has N_k = 0.
     """
     source = get_reward(reward) if isinstance(reward, str) else reward
     options = options or RewardOptions()
@@ -111,28 +143,34 @@ def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[
     answers = [_as_answer(r.answer) for r in records]
     malformed = sum(1 for r, a in zip(records, answers) if a is None and r.answer is not None)
     K = num_views or (1 + max((r.view for r in records), default=0))
-    groups: dict[str | int, list[list[int]]] = {}
-    for i, r in enumerate(records):
-        if r.view >= K:
-            raise ValueError(f"record {i} (problem {r.problem_id!r}) has view {r.view} but num_views={K}")
-        groups.setdefault(r.problem_id, [[] for _ in range(K)])[r.view].append(i)
-    pids = list(groups)
-    rows = [[i for view in groups[p] for i in view] for p in pids]  # per problem, view-major
+    pids, groups, gts = _group(records, K)
+    rows = [[i for view in views for i in view] for views in groups]  # per problem, view-major
+    texts = [[answers[i] for i in rs] for rs in rows]
 
-    gts: list[str | None] = []
-    for p, rs in zip(pids, rows):
-        given = {records[i].ground_truth for i in rs} - {None}
-        if len(given) > 1:
-            raise ValueError(f"problem {p!r}: its rows disagree on ground_truth ({sorted(map(str, given))})")
-        gts.append(str(given.pop()) if given else None)
+    def by_view(j: int, xs: Sequence) -> list[list]:
+        cuts = [0]
+        for view in groups[j]:
+            cuts.append(cuts[-1] + len(view))
+        return [list(xs[cuts[k]:cuts[k + 1]]) for k in range(K)]
 
     t0 = time.perf_counter()
-    classes = equivalence.classes_batch([[answers[i] for i in rs] for rs in rows])
+    classes = equivalence.classes_batch(texts)
     with_gt = [j for j, g in enumerate(gts) if g is not None]
-    gt_classes = equivalence.classes_batch([[gts[j]] + [answers[i] for i in rows[j]] for j in with_gt])
-    correct_of: dict[int, list[bool]] = {j: [g[0] is not None and c == g[0] for c in g[1:]]
-                                         for j, g in zip(with_gt, gt_classes)}
+    gt_classes = equivalence.classes_batch([[gts[j]] + texts[j] for j in with_gt])
+    correct = {j: [g[0] is not None and c == g[0] for c in g[1:]] for j, g in zip(with_gt, gt_classes)}
     t1 = time.perf_counter()
+    votes = [strategy(by_view(j, classes[j])) for j in range(len(pids))]
+    reps = [[_representative(texts[j], classes[j], a) for a in vote.labels] for j, vote in enumerate(votes)]
+    t2 = time.perf_counter()
+
+    # What the rewards compare: each response's class and its view's label, under the reward equivalence.
+    reward_votes, reward_classes = votes, classes
+    if reward_equivalence is not None:
+        rc = reward_equivalence.classes_batch([[None if r is None else texts[j][r] for r in reps[j]] + texts[j]
+                                               for j in range(len(pids))])
+        reward_classes = [c[K:] for c in rc]
+        reward_votes = [Vote(tuple(c[:K]), v.scores, v.counts) for c, v in zip(rc, votes)]
+    t3 = time.perf_counter()
 
     rewards = [0.0] * len(records)
     problems: list[ProblemResult] = []
@@ -144,57 +182,50 @@ def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[
     has_format = any(r.format_score is not None for r in records)
     has_value = any(r.value is not None for r in records)
     per_view_self = get_strategy("self")
-    for j, (p, rs) in enumerate(zip(pids, rows)):
-        sizes = [len(v) for v in groups[p]]
-        split = [sum(sizes[:k]) for k in range(K + 1)]
-        by_view = lambda xs: [list(xs[split[k]:split[k + 1]]) for k in range(K)]  # noqa: E731
-        cls = by_view(classes[j])
-        correct = by_view(correct_of[j]) if j in correct_of else None
+    for j, (p, rs, vote) in enumerate(zip(pids, rows, votes)):
+        ok = correct.get(j)
         rollouts = ProblemRollouts(
-            classes=cls, gt_correct=correct,
-            format_scores=by_view([records[i].format_score for i in rs]) if has_format else None,
-            values=by_view([records[i].value for i in rs]) if has_value else None)
-        vote = strategy(cls)
-        for i, r in zip(rs, (x for view in problem_rewards(rollouts, vote, source, options) for x in view)):
+            classes=by_view(j, reward_classes[j]), gt_correct=None if ok is None else by_view(j, ok),
+            format_scores=by_view(j, [records[i].format_score for i in rs]) if has_format else None,
+            values=by_view(j, [records[i].value for i in rs]) if has_value else None)
+        flat = [x for view in problem_rewards(rollouts, reward_votes[j], source, options) for x in view]
+        for i, r in zip(rs, flat):
             rewards[i] = r
-        prob_answers = [answers[i] for i in rs]
-        reps = [_representative(prob_answers, classes[j], label) for label in vote.labels]
-        label_correct = tuple(None if correct is None else (rep is not None and correct_of[j][rep])
-                              for rep in reps)
-        problems.append(ProblemResult(p, vote, tuple(None if rep is None else prob_answers[rep].strip()
-                                                      for rep in reps), gts[j], label_correct))
+        label_correct = tuple(None if ok is None else (rep is not None and ok[rep]) for rep in reps[j])
+        problems.append(ProblemResult(p, vote, tuple(None if rep is None else texts[j][rep].strip()
+                                                      for rep in reps[j]), gts[j], label_correct))
 
         log("coverage", vote.labels[0] is not None)
-        if correct is not None:
-            for k, ok in enumerate(label_correct):
-                log("label_accuracy" if k == 0 else f"label_accuracy/view{k}", ok)
-            log("answer_upper_bound", any(correct_of[j]))
+        if ok is not None:
+            for k, hit in enumerate(label_correct):
+                log("label_accuracy" if k == 0 else f"label_accuracy/view{k}", hit)
+            log("answer_upper_bound", any(ok))
         if K > 1:
-            majors = per_view_self(cls).labels
+            majors = per_view_self(by_view(j, classes[j])).labels
             log("view_agreement", majors[0] is not None and len(set(majors)) == 1)
-        for k, pen in enumerate(sharpness_per_view(rollouts, vote)):
+        for k, pen in enumerate(sharpness_per_view(rollouts, reward_votes[j])):
             log(f"sharpness/view{k}", pen)
         for pos, i in enumerate(rs):
             k = records[i].view
             log(f"reward/view{k}", rewards[i])
             log(f"answered/view{k}", classes[j][pos] is not None)
-            if correct is not None:
-                log(f"accuracy/view{k}", correct_of[j][pos])
+            if ok is not None:
+                log(f"accuracy/view{k}", ok[pos])
             if k > 0 and records[i].format_score is not None:
                 log(f"format_score/view{k}", records[i].format_score)
-    t2 = time.perf_counter()
+    t4 = time.perf_counter()
 
     metrics = {key: _mean(vals) for key, vals in m.items()}
     metrics.update({"problems": len(pids), "responses": len(records), "malformed_answers": malformed,
-                    "time/equivalence_s": t1 - t0, "time/consensus_s": t2 - t1})
-    stats = getattr(equivalence, "stats", None)
-    stats = stats.as_dict() if hasattr(stats, "as_dict") else dict(stats or {})
-    metrics.update({f"equivalence/{k}": v for k, v in stats.items()})
+                    "time/equivalence_s": (t1 - t0) + (t3 - t2), "time/consensus_s": (t2 - t1) + (t4 - t3)})
+    metrics.update({f"equivalence/{k}": v for k, v in _stats(equivalence).items()})
+    if reward_equivalence is not None and reward_equivalence is not equivalence:
+        metrics.update({f"reward_equivalence/{k}": v for k, v in _stats(reward_equivalence).items()})
     return BatchResult(rewards, answers, problems, metrics)
 
 
 def _to_wire(r: Record) -> tuple:
-    return (r.problem_id, r.view, r.answer, r.ground_truth, r.format_score, r.value)
+    return (r.problem_id, r.view, r.answer, r.ground_truth, r.format_score, r.value, r.index)
 
 
 class Reducer:
@@ -205,21 +236,40 @@ class Reducer:
     A failure on the reducing rank is sent to every rank and raised there, so no rank waits forever.
     """
 
-    def __init__(self, algo, *, group=None, equivalence=None, num_views: int | None = None):
+    def __init__(self, algo, *, group=None, equivalence=None, reward_equivalence=None,
+                 num_views: int | None = None):
         self.algo = algo
         self.group = group
         self.options = RewardOptions.from_config(algo)
         self.num_views = num_views
         self._equivalence = equivalence
+        self._reward_equivalence = reward_equivalence
+
+    def _make_equivalence(self, mode: str):
+        from harmony_mcore.answers import Equivalence
+
+        c = self.algo.consensus
+        return Equivalence(mode, timeout_s=c.timeout_s, workers=c.workers)
 
     @property
     def equivalence(self):
         if self._equivalence is None:
-            from harmony_mcore.answers.equivalence import Equivalence
-
-            c = self.algo.consensus
-            self._equivalence = Equivalence(c.match, timeout_s=c.timeout_s, workers=c.workers)
+            self._equivalence = self._make_equivalence(self.algo.consensus.match)
         return self._equivalence
+
+    @property
+    def reward_equivalence(self):
+        """None when rewards use the voting equivalence (the default)."""
+        c = self.algo.consensus
+        if self._reward_equivalence is None and c.reward_match not in (None, c.match):
+            self._reward_equivalence = self._make_equivalence(c.reward_match)
+        return self._reward_equivalence
+
+    def close(self) -> None:
+        """Stop the equivalence worker processes (they are also stopped at exit)."""
+        for eq in (self._equivalence, self._reward_equivalence):
+            if eq is not None and hasattr(eq, "close"):
+                eq.close()
 
     def compute(self, records: Sequence[Record], step: int) -> BatchResult:
         from harmony_mcore.algo.schedules import strategy_at
@@ -228,7 +278,8 @@ class Reducer:
         name = strategy_at(step, strategy=c.strategy, warmup_strategy=c.warmup_strategy,
                            warmup_steps=c.warmup_steps)
         return compute_batch(records, equivalence=self.equivalence, strategy=strategy_from_config(c, name),
-                             reward=self.algo.reward, options=self.options, num_views=self.num_views)
+                             reward=self.algo.reward, options=self.options, num_views=self.num_views,
+                             reward_equivalence=self.reward_equivalence)
 
     def __call__(self, records: Sequence[Record], step: int) -> tuple[list[float], dict[str, float]]:
         """Rewards for this rank's records (in their order) and the batch metrics (on every rank)."""

@@ -27,16 +27,17 @@ class InputError(ValueError):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harmony vote", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="rollouts JSONL")
-    p.add_argument("--strategy", default="harmonic-mean", choices=list(STRATEGIES))
+    p.add_argument("--input", required=True, metavar="ROLLOUTS", help="rollouts JSONL")
+    p.add_argument("--strategy", default="harmonic-mean", choices=list(STRATEGIES),
+                   help="consensus strategy (default: harmonic-mean; see docs/consensus.md)")
     p.add_argument("--match", default="math", choices=["math", "normalized", "exact"],
                    help="answer equivalence used for voting and rewards (default: math)")
-    p.add_argument("--k", type=float, help="power-mean exponent (0 = geometric, -1 = harmonic)")
-    p.add_argument("--lambda", dest="lam", type=float, help="power-mean lambda (k = 1 - lambda)")
-    p.add_argument("--pi", type=float, help="weighted-invariant weight of the solver view (default 0.5)")
-    p.add_argument("--min-score", type=float, help="no label when the best score is below this")
-    p.add_argument("--output", required=True, help="labels JSONL: one row per problem")
-    p.add_argument("--rewards", help="rewards JSONL: one row per input row, in input order")
+    p.add_argument("--k", type=float, metavar="K", help="power-mean exponent (0 = geometric, -1 = harmonic)")
+    p.add_argument("--lambda", dest="lam", type=float, metavar="L", help="power-mean lambda (k = 1 - lambda)")
+    p.add_argument("--pi", type=float, metavar="P", help="weighted-invariant weight of the solver view (default 0.5)")
+    p.add_argument("--min-score", type=float, metavar="S", help="no label when the best score is below this")
+    p.add_argument("--output", required=True, metavar="LABELS", help="labels JSONL: one row per problem")
+    p.add_argument("--rewards", metavar="REWARDS", help="rewards JSONL: one row per input row, in input order")
     p.add_argument("--timeout", type=float, default=2.0, help="math-verify timeout per call, seconds")
     p.add_argument("--workers", type=int, default=2, help="math-verify worker processes")
     return p
@@ -107,6 +108,10 @@ def read_rollouts(path: str) -> list[Record]:
             records.append(_record(row, where))
     if not records:
         raise InputError(f"{path}: no rollouts (expected one JSON object per line)")
+    views = sorted({r.view for r in records})
+    if views != list(range(len(views))):
+        raise InputError(f"{path}: views {', '.join(map(str, views))} are present; number them 0, 1, .. "
+                         f"without gaps (0 = solver), as an empty view would veto every label")
     gts: dict = {}
     for r in records:
         if r.ground_truth is not None and gts.setdefault(r.problem_id, r.ground_truth) != r.ground_truth:

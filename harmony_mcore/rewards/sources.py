@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from harmony_mcore.consensus.strategies import Vote, harmonic_score
 from harmony_mcore.rewards.shaping import format_penalty, sharpness_penalty
 from harmony_mcore.rewards.token import token_neg_entropy, token_self_certainty
+
+if TYPE_CHECKING:
+    import torch
 
 PerView = list[list]  # [view][response]
 

@@ -2,23 +2,27 @@
 
 The functions take full-vocabulary logits [..., V] (trim vocabulary padding first; under tensor
 parallelism gather the vocab shards or compute the same reductions vocab-parallel) and return
-per-token values [...]; `response_mean` turns them into one value per response.
+per-token values [...]; `response_mean` turns them into one value per response. Only tensor
+methods are used, so importing this module (e.g. by `harmony vote`) does not import torch.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def token_self_certainty(logits: torch.Tensor) -> torch.Tensor:
     """logsumexp(z) - mean(z): KL(uniform || p) up to the constant log V (Intuitor)."""
     z = logits.float()
-    return torch.logsumexp(z, dim=-1) - z.mean(dim=-1)
+    return z.logsumexp(dim=-1) - z.mean(dim=-1)
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """H(p) = -sum p log p of the next-token distribution."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = logits.float().log_softmax(dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
 
 

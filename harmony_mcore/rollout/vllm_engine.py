@@ -37,28 +37,34 @@ VLLM_VERSION = "0.11.0"
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def engine_args(cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int) -> dict[str, Any]:
-    """Keyword arguments of vllm.LLM for a colocated engine (pure: testable without vLLM)."""
+def engine_args(cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int | None,
+                colocated: bool = True) -> dict[str, Any]:
+    """Keyword arguments of vllm.LLM (pure: testable without vLLM).
+
+    Colocated (inside the trainer's torchrun processes): external launcher, and no weights are read
+    from disk (the bridge's first sync provides them). Standalone (evaluation): vLLM's own executor
+    and the checkpoint's weights.
+    """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}: use one of {sorted(_DTYPES)}")
     args: dict[str, Any] = {
         "model": model_path,
         "tokenizer": model_path,
-        "distributed_executor_backend": "external_launcher",
         "tensor_parallel_size": cfg.tp,
         "dtype": _DTYPES[dtype],
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "max_model_len": max_model_len,
         "enable_sleep_mode": True,
         "enable_prefix_caching": True,
         "enforce_eager": cfg.enforce_eager,
-        # Weights come from the trainer through the bridge right after start-up: skip reading them.
-        "load_format": "dummy",
         "logprobs_mode": "processed_logprobs",
         # All ranks of one vLLM TP group must sample identically: same seed within the group.
         "seed": seed,
         "disable_log_stats": True,
     }
+    if max_model_len is not None:
+        args["max_model_len"] = max_model_len
+    if colocated:
+        args.update(distributed_executor_backend="external_launcher", load_format="dummy")
     args.update(cfg.vllm_extra)
     return args
 
@@ -105,24 +111,38 @@ def rollout_tp_groups(world_size: int, tp: int) -> list[list[int]]:
     return [list(range(start, start + tp)) for start in range(0, world_size, tp)]
 
 
+def merge_group_requests(per_rank: list[list], me: int) -> tuple[slice, list]:
+    """(my slice, the requests my vLLM TP group runs). Ranks of a group may pass the same requests
+    (vLLM's convention; they then run once) or different ones (all run, each rank keeps its own)."""
+    if all(x == per_rank[0] for x in per_rank):
+        return slice(0, len(per_rank[me])), per_rank[me]
+    start = sum(len(x) for x in per_rank[:me])
+    return slice(start, start + len(per_rank[me])), [it for x in per_rank for it in x]
+
+
 class VllmEngine:
     """RolloutEngine on a colocated vLLM (see module docstring)."""
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int):
-        # external_launcher needs the engine core in this process (in-process weight loading too).
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    def __init__(self, cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int | None):
         import torch.distributed as dist
+
+        colocated = dist.is_initialized()
+        if colocated:
+            # external_launcher needs the engine core in this process (in-process weight loading too).
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         self.tp = cfg.tp
         self.group = None
-        if dist.is_initialized() and cfg.tp > 1:
+        if colocated and cfg.tp > 1:
             # new_subgroups_by_enumeration is collective: every rank creates every group.
             self.group, _ = dist.new_subgroups_by_enumeration(rollout_tp_groups(dist.get_world_size(), cfg.tp))
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        self.llm = LLM(**engine_args(cfg, model_path, dtype=dtype, seed=seed + rank // cfg.tp, max_model_len=max_model_len))
+        rank = dist.get_rank() if colocated else 0
+        self.llm = LLM(**engine_args(cfg, model_path, dtype=dtype, seed=seed + rank // cfg.tp,
+                                     max_model_len=max_model_len, colocated=colocated))
         self.tokenizer = self.llm.get_tokenizer()
         self.sleep_level = cfg.sleep_level
+        self.model_path = model_path
 
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[GenerationResult]:
         from vllm import SamplingParams as VllmSamplingParams
@@ -133,8 +153,7 @@ class VllmEngine:
             raise ValueError(f"SamplingParams.request_seeds has {len(seeds)} entries for {len(prompts)} requests")
         stop_default = sorted(self.eos_token_ids())
         items = [(p, vllm_sampling_kwargs(params, i, s, stop_default)) for i, (p, s) in enumerate(zip(prompts, seeds))]
-        # One vLLM TP engine spans several trainer ranks with different requests: run them all,
-        # everywhere in the group, and keep our own.
+        # One vLLM TP engine spans several trainer ranks: all of them must submit the same requests.
         mine, everyone = self._gather_group(items)
         outputs = self.llm.generate([{"prompt_token_ids": p} for p, _ in everyone],
                                     [VllmSamplingParams(**kw) for _, kw in everyone], use_tqdm=False)
@@ -148,7 +167,7 @@ class VllmEngine:
             raise NotImplementedError("vLLM prompt log-probs come from raw logits: score at temperature 1.0")
         items = [(list(s), None) for s in sequences]
         mine, everyone = self._gather_group(items)
-        sp = VllmSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        sp = VllmSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
         outputs = self.llm.generate([{"prompt_token_ids": s} for s, _ in everyone], sp, use_tqdm=False)
         scores = [torch.tensor([float(step[tok].logprob) for step, tok in zip(out.prompt_logprobs[1:], s[1:])])
                   for (s, _), out in zip(everyone, outputs)]
@@ -175,9 +194,18 @@ class VllmEngine:
         return [int(t) for t in request]
 
     def eos_token_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        gen_eos = self.llm.llm_engine.model_config.hf_config.eos_token_id
-        ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
+        """EOS ids of the tokenizer, config.json and generation_config.json (instruct models list several)."""
+        from transformers import GenerationConfig
+
+        try:
+            generation = GenerationConfig.from_pretrained(self.model_path)
+        except OSError:  # no generation_config.json
+            generation = None
+        ids = set()
+        for source in (self.tokenizer, self.llm.llm_engine.model_config.hf_config, generation):
+            eos = getattr(source, "eos_token_id", None)
+            if eos is not None:
+                ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
         return ids
 
     def _gather_group(self, items: list) -> tuple[slice, list]:
@@ -187,6 +215,4 @@ class VllmEngine:
 
         per_rank: list[list] = [None] * self.tp  # type: ignore[list-item]
         dist.all_gather_object(per_rank, items, group=self.group)
-        me = dist.get_rank(self.group)
-        start = sum(len(x) for x in per_rank[:me])
-        return slice(start, start + len(items)), [it for x in per_rank for it in x]
+        return merge_group_requests(per_rank, dist.get_rank(self.group))

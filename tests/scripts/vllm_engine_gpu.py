@@ -50,10 +50,11 @@ def main(out_dir: str) -> None:
         seqs = [p + r.samples[0].token_ids for p, r in
                 zip(prompts, ref.generate(prompts, SamplingParams(greedy=True, max_tokens=16, stop_token_ids=[])))]
         d = max_diff(engine.score(seqs), ref.score(seqs))
-        out = engine.generate(prompts, SamplingParams(n=2, temperature=1.0, max_tokens=16, seed=1, stop_token_ids=[]))
+        # sampled-token log-probs follow the convention: log_softmax(logits / T) at the sampling temperature
+        out = engine.generate(prompts, SamplingParams(n=2, temperature=0.7, max_tokens=16, seed=1, stop_token_ids=[]))
         samp = [p + s.token_ids for p, r in zip(prompts, out) for s in r.samples]
         d_gen = max_diff([torch.tensor(s.logprobs) for r in out for s in r.samples],
-                         [x[len(p) - 1:] for x, p in zip(ref.score(samp), [p for p in prompts for _ in range(2)])])
+                         [x[len(p) - 1:] for x, p in zip(ref.score(samp, 0.7), [p for p in prompts for _ in range(2)])])
         print(f"round {round_}: score max diff {d:.4f}, sampled log-prob max diff {d_gen:.4f}", flush=True)
         assert d < 0.1 and d_gen < 0.1, "vLLM and torch engine disagree (bf16 tolerance 0.1)"
     print("VLLM ENGINE OK")

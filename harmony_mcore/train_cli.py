@@ -1,0 +1,112 @@
+"""`harmony train [CONFIG] [key=value ...]`: run Self-Harmony training.
+
+With no CONFIG it runs the embedded CPU default (configs/cpu.yaml). Outside torchrun it checks the
+config, prepares what must exist once (the toy model), and launches itself under
+`torchrun --standalone` with the processes the layout needs; inside torchrun or Slurm+torchrun it
+is one rank of the SPMD trainer (harmony_mcore.trainer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harmony_mcore.config import ConfigError, RunConfig, load_config, presets, to_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harmony train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"presets: {', '.join(presets())}\nexample: harmony train cpu algorithm=ttrl seed=2")
+    p.add_argument("config", nargs="?", default=None, help="preset name or .yaml file (default: cpu)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. algorithm.lr=1e-6 parallel=8b-2node")
+    p.add_argument("--nproc", type=int, default=None, help="processes to launch on this machine "
+                   "(default: tp*pp*dp, with dp=1 on CPU and all GPUs on a GPU machine)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def split_args(argv: list[str]) -> list[str]:
+    """Let the config be omitted: `harmony train seed=3` means the CPU default with an override."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and "=" in first:
+        return ["cpu", *argv]
+    return argv
+
+
+def nproc_for(cfg: RunConfig, given: int | None) -> int:
+    import torch
+
+    if given:
+        return given
+    tp_pp = cfg.parallel.tp * cfg.parallel.pp
+    if cfg.parallel.dp:
+        return tp_pp * cfg.parallel.dp
+    return max(torch.cuda.device_count(), tp_pp) if torch.cuda.is_available() else tp_pp
+
+
+def inside_launcher() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """Re-run this command under torchrun; signals reach the ranks (they checkpoint and exit)."""
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("PYTHONWARNINGS", "ignore")  # megatron and transformers are chatty on CPU
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "harmony_mcore.train_cli", *argv]
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, frame):
+        # Straight to the ranks (torchrun's children): torchrun's agent does not pass SIGUSR1 on, and
+        # on SIGTERM it would kill the ranks after a grace period, maybe in the middle of a checkpoint.
+        for rank in psutil.Process(proc.pid).children():
+            rank.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, forward)
+    return proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = split_args(list(sys.argv[1:] if argv is None else argv))
+    args = _parser().parse_intermixed_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(to_yaml(cfg))
+            return 0
+        if inside_launcher():
+            from harmony_mcore.trainer import train
+
+            summary = train(cfg)
+            if int(os.environ["RANK"]) == 0 and "accuracy_before" in summary:
+                print(f"[harmony] accuracy before {summary['accuracy_before']:.3f} -> after "
+                      f"{summary['accuracy_after']:.3f} ({summary['eval_metric']}); mean pseudo-label accuracy "
+                      f"{summary.get('label_accuracy_mean', float('nan')):.3f}", flush=True)
+            return 0
+        from harmony_mcore.preflight import preflight
+        from harmony_mcore.trainer import resolve_model
+
+        nproc = nproc_for(cfg, args.nproc)
+        if cfg.model.hf_config:
+            preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything runs
+        _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
+        preflight(cfg, nproc, hf_config)
+    except ConfigError as e:
+        print(f"harmony train: {e}", file=sys.stderr)
+        return 2
+    return launch(argv, nproc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

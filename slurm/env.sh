@@ -1,0 +1,24 @@
+# Environment for harmony_mcore jobs, sourced by slurm/*.sbatch. Edit for your cluster.
+
+# --- Python / container ------------------------------------------------------------------------
+# Either activate an environment that has harmony_mcore installed ...
+# source /path/to/venv/bin/activate
+# ... or run every task in a container (pyxis/enroot), e.g. an NGC PyTorch image with our deps:
+# export HARMONY_CONTAINER=/shared/images/harmony_mcore.sqsh
+# export HARMONY_CONTAINER_MOUNTS=/shared:/shared,$HOME/.cache:/root/.cache
+export PYTHONPATH="${SLURM_SUBMIT_DIR:-$PWD}${PYTHONPATH:+:$PYTHONPATH}"
+
+# --- NCCL --------------------------------------------------------------------------------------
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}  # a dead rank fails the job
+export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}          # Megatron TP/SP overlap ordering
+# InfiniBand / RoCE: name your HCAs and the interface for bootstrap traffic when NCCL picks wrong ones.
+# export NCCL_IB_HCA=mlx5_0,mlx5_1,mlx5_2,mlx5_3
+# export NCCL_SOCKET_IFNAME=ib0          # or the cluster's management interface, e.g. eth0
+# export NCCL_IB_GID_INDEX=3             # RoCE only
+# AWS EFA: export FI_PROVIDER=efa FI_EFA_USE_DEVICE_RDMA=1 NCCL_PROTO=simple
+
+# --- Logging -----------------------------------------------------------------------------------
+export WANDB_MODE=${WANDB_MODE:-offline}   # compute nodes often have no internet; `wandb sync` later
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # models are read from model.path, never downloaded
+export HARMONY_MODELS=${HARMONY_MODELS:-/models}  # where the presets look for model directories
