@@ -33,6 +33,9 @@ from harmony_mcore.config import ConfigError, RunConfig
 from harmony_mcore.data.benchmarks import Problem
 
 TOY = "toy-arith"
+# Reward sources that score a response by a per-token statistic of the policy's own distribution:
+# RENT by its entropy (reward = -mean entropy), Intuitor by self-certainty logsumexp(z) - mean(z).
+TOKEN_STATS = {"rent": {"with_entropy": True}, "intuitor": {"with_self_certainty": True}}
 
 
 class NonFiniteError(RuntimeError):
@@ -172,9 +175,6 @@ class Trainer:
         self.stop_requested = False
         for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: finish the step, checkpoint, exit
             signal.signal(sig, self._on_signal)
-        if cfg.algorithm.reward == "intuitor":
-            raise ConfigError("algorithm.reward=intuitor needs per-token self-certainty from the policy's logits, "
-                              "which Policy.logprobs does not return yet: use rent, gt or pseudo-label")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.hf_dir, hf_config = resolve_model(cfg, log=self._log)
         preflight(cfg, world, hf_config)  # before any process group exists
@@ -314,8 +314,8 @@ class Trainer:
         with timer("logprobs"):
             for idx in per_view:
                 ids, attn, resp, P = self.view_tensors([rollouts[i] for i in idx])
-                logp, ent = self.policy.logprobs(ids, attn, temperature=ro.temperature,
-                                                 with_entropy=cfg.algorithm.reward == "rent")
+                logp, stat = self.policy.logprobs(ids, attn, temperature=ro.temperature, **TOKEN_STATS.get(
+                    cfg.algorithm.reward, {}))
                 tensors.append((ids, attn, resp))
                 old.append(logp)
                 ref.append(self.policy.logprobs(ids, attn, temperature=ro.temperature, reference=True)[0]
@@ -324,8 +324,9 @@ class Trainer:
                     n = len(rollouts[i].response)
                     if n:
                         diffs.append((logp[row, P:P + n] - torch.tensor(rollouts[i].logprobs)).abs().max().item())
-                    if ent is not None:
-                        values[i] = -float((ent[row] * resp[row]).sum() / resp[row].sum().clamp(min=1))
+                    if stat is not None:  # the response's mean token statistic, signed as the reward wants
+                        mean = float((stat[row] * resp[row]).sum() / resp[row].sum().clamp(min=1))
+                        values[i] = -mean if cfg.algorithm.reward == "rent" else mean
 
         with timer("reward"):
             rewards, reward_metrics = self.rewards(rollouts, values, step)
@@ -426,5 +427,5 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     try:
         return trainer.run()
     finally:
-        trainer.reducer.equivalence.close() if trainer.reducer._equivalence is not None else None
+        trainer.reducer.close()
         destroy_distributed()
