@@ -1,7 +1,6 @@
-"""Equivalence on the real benchmark files in shared/data."""
+"""Equivalence on the real benchmark files (tests/datafiles.py)."""
 
 import json
-import os
 
 import pytest
 
@@ -9,13 +8,7 @@ from harmony_mcore.answers import Equivalence, normalize
 from harmony_mcore.answers import _mv_worker as W
 from harmony_mcore.answers.equivalence import _Job, number_value
 from tests.answers_shared import pool_timeout, shared_math_equivalence
-
-DATA = os.environ.get("HARMONY_DATA", "/work/shared/data")
-MATH500 = f"{DATA}/benchmarks/math500_ttrl.json"
-QWEN = f"{DATA}/model_outputs/qwen25math_math_cot_100_8samples.jsonl"
-
-pytestmark = pytest.mark.skipif(not os.path.exists(MATH500) or not os.path.exists(QWEN),
-                                reason="shared benchmark files not present")
+from tests.datafiles import MATH500, QWEN_OUTPUTS as QWEN
 
 
 @pytest.fixture(scope="module")
