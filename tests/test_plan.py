@@ -12,7 +12,6 @@ import torch
 
 from harmony_mcore import plan
 from harmony_mcore.config import ConfigError, load_config, presets
-from harmony_mcore.models import families
 
 REPO = Path(__file__).resolve().parents[1]
 
