@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from harmony_mcore.bridge.export import WeightExporter, check_sync
+from harmony_mcore.bridge.export import WeightExporter, synced_time, check_sync
 from harmony_mcore.config import ParallelConfig, RolloutConfig
 from harmony_mcore.models.builder import build_chunks
-from harmony_mcore.parallel import init_distributed
+from harmony_mcore.parallel import device, init_distributed
 from harmony_mcore.rollout.torch_engine import TorchEngine
-from harmony_mcore.testing import char_tokenizer
+from harmony_mcore.testing import char_tokenizer, tiny_hf_config
 
 QWEN3_8B = {
     "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 4096,
@@ -31,22 +31,21 @@ QWEN3_8B = {
 
 
 def megatron_logprobs(model, seqs: list[list[int]], vocab: int) -> list[torch.Tensor]:
-    ids = torch.tensor(seqs, device="cuda")
+    dev = device()
+    ids = torch.tensor(seqs, device=dev)
     n, s = ids.shape
-    mask = torch.triu(torch.ones(1, 1, s, s, dtype=torch.bool, device="cuda"), diagonal=1)
+    mask = torch.triu(torch.ones(1, 1, s, s, dtype=torch.bool, device=dev), diagonal=1)
     with torch.no_grad():
-        logits = model(ids, torch.arange(s, device="cuda").expand(n, -1), mask)[..., :vocab].float()
+        logits = model(ids, torch.arange(s, device=dev).expand(n, -1), mask)[..., :vocab].float()
     return list(torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1))
 
 
 def timed_syncs(exporter: WeightExporter, engine, repeats: int) -> dict[str, float]:
     rows = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
+        t = synced_time()
         engine.sleep(1)
-        torch.cuda.synchronize()
-        sleep_s = time.perf_counter() - t
+        sleep_s = synced_time() - t
         phases = exporter.sync(engine)
         phases["sync/sleep_s"] = sleep_s
         phases["sync/other_s"] = phases["sync/total_s"] - phases["sync/export_s"] - phases["sync/load_s"] \
@@ -57,7 +56,7 @@ def timed_syncs(exporter: WeightExporter, engine, repeats: int) -> dict[str, flo
 
 def report(name: str, ph: dict[str, float]) -> None:
     gb = ph["sync/bytes"] / 1e9
-    print(f"[{name}] {gb:.1f} GB bf16 | wake {ph['sync/wake_s']:.2f}s | export {ph['sync/export_s']:.2f}s | "
+    print(f"[{name}] {gb:.3f} GB | wake {ph['sync/wake_s']:.2f}s | export {ph['sync/export_s']:.2f}s | "
           f"load {ph['sync/load_s']:.2f}s | other {ph['sync/other_s']:.2f}s | total {ph['sync/total_s']:.2f}s "
           f"({gb / ph['sync/total_s']:.1f} GB/s) | sleep {ph['sync/sleep_s']:.2f}s", flush=True)
 
@@ -68,31 +67,36 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bucket-mb", type=int, default=512)
     ap.add_argument("--vllm", action="store_true", help="also time a colocated vLLM engine (needs vllm)")
+    ap.add_argument("--tiny", action="store_true", help="a tiny fp32 model: checks the script itself on CPU")
     args = ap.parse_args()
-    cfg = dict(QWEN3_8B, num_hidden_layers=args.layers)
+    cfg = tiny_hf_config("qwen3") if args.tiny else dict(QWEN3_8B, num_hidden_layers=args.layers)
+    dtype, torch_dtype = ("fp32", torch.float32) if args.tiny else ("bf16", torch.bfloat16)
     init_distributed(ParallelConfig(tp=1, pp=1), seed=0)
-    print(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__}", flush=True)
+    on_gpu = torch.cuda.is_available()
+    print(f"device: {torch.cuda.get_device_name() if on_gpu else 'cpu'} | torch {torch.__version__}", flush=True)
 
     t = time.perf_counter()
-    (model,) = build_chunks(cfg, ParallelConfig(tp=1, pp=1), dtype="bf16")
+    (model,) = build_chunks(cfg, ParallelConfig(tp=1, pp=1), dtype=dtype)
     model.eval()
-    exporter = WeightExporter([model], cfg, rollout_dtype=torch.bfloat16, bucket_bytes=args.bucket_mb << 20)
+    exporter = WeightExporter([model], cfg, rollout_dtype=torch_dtype, bucket_bytes=args.bucket_mb << 20)
     tok = char_tokenizer()
-    engine = TorchEngine.from_hf_config(cfg, tok, dtype=torch.bfloat16, device="cuda")
+    engine = TorchEngine.from_hf_config(cfg, tok, dtype=torch_dtype, device=device())
     print(f"build: {time.perf_counter() - t:.1f}s, plan: {len(exporter.plan.hf_tensors)} HF tensors in "
           f"{exporter.plan.num_buckets} buckets of {args.bucket_mb} MB", flush=True)
 
-    torch.cuda.reset_peak_memory_stats()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     report("torch engine", timed_syncs(exporter, engine, args.repeats))
-    print(f"peak GPU memory during syncs: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
+    if on_gpu:
+        print(f"peak GPU memory during syncs: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
     g = torch.Generator().manual_seed(0)
     # token ids the tokenizer knows: vLLM rejects prompts with ids beyond the tokenizer's vocabulary
     seqs = torch.randint(0, len(tok), (4, 128), generator=g).tolist()
     diff = check_sync(engine, lambda s: megatron_logprobs(model, s, cfg["vocab_size"]), seqs, tolerance=0.5)
-    print(f"torch engine vs Megatron log-prob max diff (bf16): {diff:.4f}", flush=True)
+    print(f"torch engine vs Megatron log-prob max diff ({dtype}): {diff:.2e}", flush=True)
 
     if args.vllm:
-        from harmony_mcore.rollout.vllm_engine import VLLMEngine
+        from harmony_mcore.rollout.vllm_engine import VllmEngine
 
         del engine
         torch.cuda.empty_cache()
@@ -101,7 +105,7 @@ def main() -> None:
 
             AutoConfig.for_model("qwen3", **{k: v for k, v in cfg.items() if k != "model_type"}).save_pretrained(d)
             tok.save_pretrained(d)
-            vllm = VLLMEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.35, sleep_level=1), d, dtype="bf16",
+            vllm = VllmEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.35, sleep_level=1), d, dtype="bf16",
                               seed=0, max_model_len=1024)
             report("vllm engine", timed_syncs(exporter, vllm, args.repeats))
             diff = check_sync(vllm, lambda s: megatron_logprobs(model, s, cfg["vocab_size"]), seqs, tolerance=0.5)

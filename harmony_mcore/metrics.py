@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -172,7 +173,7 @@ class RunLogger:
             import wandb
 
             id_file = self.out / "wandb_id"
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
             id_file.write_text(run_id)
             self._wandb = wandb.init(project=self.cfg.log.wandb_project, name=self.cfg.name, id=run_id,
                                      resume="allow", dir=str(self.out), mode=mode, config=asdict(self.cfg))
@@ -225,7 +226,8 @@ def plot_report(history: list[dict], path: Path) -> None:
         for k in keys:
             pts = [(r["step"], r[k]) for r in history if isinstance(r.get(k), (int, float))]
             if pts:
-                ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=k.split("/", 1)[-1])
+                label = k if k.startswith("view") else k.split("/", 1)[-1]  # view0/kl vs view1/kl
+                ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)

@@ -67,9 +67,10 @@ def launch(argv: list[str], nproc: int) -> int:
     proc = subprocess.Popen(cmd, env=env)
 
     def forward(signum, frame):
-        # torchrun's agent does not pass SIGUSR1 on: deliver to the ranks directly.
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.send_signal(signum)
+        # Straight to the ranks (torchrun's children): torchrun's agent does not pass SIGUSR1 on, and
+        # on SIGTERM it would kill the ranks after a grace period, maybe in the middle of a checkpoint.
+        for rank in psutil.Process(proc.pid).children():
+            rank.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, forward)
@@ -78,7 +79,7 @@ def launch(argv: list[str], nproc: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = split_args(list(sys.argv[1:] if argv is None else argv))
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
@@ -97,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         from harmony_mcore.trainer import resolve_model
 
         nproc = nproc_for(cfg, args.nproc)
+        if cfg.model.hf_config:
+            preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything runs
         _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
-        preflight(cfg, nproc, hf_config)  # a broken layout fails before any process starts
+        preflight(cfg, nproc, hf_config)
     except ConfigError as e:
         print(f"harmony train: {e}", file=sys.stderr)
         return 2

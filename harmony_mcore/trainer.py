@@ -20,7 +20,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ from harmony_mcore.config import ConfigError, RunConfig
 from harmony_mcore.data.benchmarks import Problem
 
 TOY = "toy-arith"
+# Reward sources that score a response by a per-token statistic of the policy's own distribution:
+# RENT by its entropy (reward = -mean entropy), Intuitor by self-certainty logsumexp(z) - mean(z).
+TOKEN_STATS = {"rent": {"with_entropy": True}, "intuitor": {"with_self_certainty": True}}
 
 
 class NonFiniteError(RuntimeError):
@@ -146,6 +149,10 @@ def batch_indices(cfg: RunConfig, num_problems: int, step: int) -> list[int]:
     return order[offset * size:(offset + 1) * size]
 
 
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
+
+
 def step_seed(seed: int, step: int, salt: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{salt}".encode()).digest()[:7], "big")
 
@@ -164,11 +171,11 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir).expanduser()
-        if cfg.algorithm.reward == "intuitor":
-            raise ConfigError("algorithm.reward=intuitor needs per-token self-certainty from the policy's logits, "
-                              "which Policy.logprobs does not return yet: use rent, gt or pseudo-label")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        self.stop_requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: finish the step, checkpoint, exit
+            signal.signal(sig, self._on_signal)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
         self.hf_dir, hf_config = resolve_model(cfg, log=self._log)
         preflight(cfg, world, hf_config)  # before any process group exists
         init_distributed(cfg.parallel, seed=cfg.seed)
@@ -194,9 +201,6 @@ class Trainer:
         # Rollout replicas: vLLM ranks of one rollout-TP group must issue identical requests.
         self.rollout_tp = cfg.rollout.tp if self.engine_kind == "vllm" else 1
         self.replicas, self.replica = self.world // self.rollout_tp, self.rank // self.rollout_tp
-        self.stop_requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
 
     # ---- helpers --------------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
@@ -225,14 +229,18 @@ class Trainer:
         """The model's weights into the policy (converted from HF once, by rank 0), then the reference."""
         from harmony_mcore.bridge.dist_ckpt import is_dist_checkpoint, load_model_weights
 
+        from conversion.common import copy_side_files
+
         src = Path(self.cfg.model.path).expanduser() if self.cfg.model.path else None
         if src is None or not is_dist_checkpoint(src):
-            src = self.out / "initial_mcore"
+            src = self.out / "initial_mcore"  # keeps the HF config + tokenizer in hf/ (for mcore-to-hf)
             if self.rank == 0 and not is_dist_checkpoint(src):
                 from conversion.hf_to_mcore import convert
 
                 convert(self.hf_dir, src, overwrite=True, log=self._log)
-            dist.barrier(group=self.gloo)
+        elif self.rank == 0 and not (self.out / "hf" / "config.json").is_file():
+            copy_side_files(self.hf_dir, self.out / "hf")  # `harmony convert mcore-to-hf` finds them here
+        dist.barrier(group=self.gloo)
         load_model_weights(self.policy.modules, src)
         self.policy.sync_reference()
 
@@ -240,8 +248,6 @@ class Trainer:
     def generate(self, rows: list[tuple[int, int]], params) -> list[Rollout]:
         """Sample every (view, problem) row; each replica takes a share, every rank gets all, in row order."""
         mine = [(g, v, p) for g, (v, p) in enumerate(rows) if g % self.replicas == self.replica]
-        from dataclasses import replace
-
         params = replace(params, request_seeds=[v * len(self.task.problems) + p for _, v, p in mine])
         results = self.engine.generate([self.task.prompts[v][p] for _, v, p in mine], params) if mine else []
         local = [(g, [Rollout(v, p, list(res.prompt_ids), list(s.token_ids), s.text, list(s.logprobs),
@@ -308,8 +314,8 @@ class Trainer:
         with timer("logprobs"):
             for idx in per_view:
                 ids, attn, resp, P = self.view_tensors([rollouts[i] for i in idx])
-                logp, ent = self.policy.logprobs(ids, attn, temperature=ro.temperature,
-                                                 with_entropy=cfg.algorithm.reward == "rent")
+                logp, stat = self.policy.logprobs(ids, attn, temperature=ro.temperature, **TOKEN_STATS.get(
+                    cfg.algorithm.reward, {}))
                 tensors.append((ids, attn, resp))
                 old.append(logp)
                 ref.append(self.policy.logprobs(ids, attn, temperature=ro.temperature, reference=True)[0]
@@ -318,8 +324,9 @@ class Trainer:
                     n = len(rollouts[i].response)
                     if n:
                         diffs.append((logp[row, P:P + n] - torch.tensor(rollouts[i].logprobs)).abs().max().item())
-                    if ent is not None:
-                        values[i] = -float((ent[row] * resp[row]).sum() / resp[row].sum().clamp(min=1))
+                    if stat is not None:  # the response's mean token statistic, signed as the reward wants
+                        mean = float((stat[row] * resp[row]).sum() / resp[row].sum().clamp(min=1))
+                        values[i] = -mean if cfg.algorithm.reward == "rent" else mean
 
         with timer("reward"):
             rewards, reward_metrics = self.rewards(rollouts, values, step)
@@ -341,7 +348,8 @@ class Trainer:
                    **{f"reward/{k}": v for k, v in reward_metrics.items()}, **train, **sync,
                    "rollout/logprob_diff_max": max(diffs, default=0.0),
                    "rollout/truncated": sum(r.truncated for r in rollouts) / len(rollouts),
-                   "rewards_digest": hashlib.sha256(json.dumps(rewards).encode()).hexdigest()[:16],
+                   # fingerprints of what was sampled and rewarded (resume determinism is tested on them)
+                   "rollouts_digest": _digest([r.response for r in rollouts]), "rewards_digest": _digest(rewards),
                    **timer.metrics()}
         for v, idx in enumerate(per_view):
             metrics[f"length/view{v}"] = sum(lengths[i] for i in idx) / len(idx)
@@ -419,5 +427,5 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     try:
         return trainer.run()
     finally:
-        trainer.reducer.equivalence.close() if trainer.reducer._equivalence is not None else None
+        trainer.reducer.close()
         destroy_distributed()

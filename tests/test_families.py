@@ -31,6 +31,9 @@ def test_family_flags_and_config():
     assert kw["share_embeddings_and_output_weights"]
     assert kw["vocab_size"] % (128 * 4) == 0 and kw["vocab_size"] >= 128256
     assert not families.gpt_model_kwargs(QWEN3)["rope_scaling"]
+    sel = families.transformer_config(QWEN3, recompute="selective")
+    assert sel.recompute_granularity == "selective" and sel.recompute_modules == ["core_attn"]
+    assert families.transformer_config(QWEN3, recompute="full", pp=4).recompute_granularity == "full"
 
 
 def test_transformers_v5_rope_parameters_and_config_objects():

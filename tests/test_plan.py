@@ -12,14 +12,14 @@ import torch
 
 from harmony_mcore import plan
 from harmony_mcore.config import ConfigError, load_config, presets
-from harmony_mcore.models import families
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.dist
-def test_params_per_rank_equal_the_megatron_model(run_torchrun, tmp_path):
-    """One 4-process launch builds every family under TP2xPP2, TP2(xDP2), PP2(xDP2) and PP2xVPP2."""
+def test_params_and_inflight_microbatches_equal_megatron(run_torchrun, tmp_path):
+    """One 4-process launch builds every family under TP2xPP2, TP2(xDP2), PP2(xDP2) and PP2xVPP2, and
+    runs Megatron's 1F1B and interleaved schedules counting the micro-batches each rank holds."""
     out = tmp_path / "params.json"
     run_torchrun(REPO / "tests/dist/plan_params.py", 4, "2x2x0,2x1x0,1x2x0,1x2x2", str(out))
     result = json.loads(out.read_text())
@@ -28,6 +28,10 @@ def test_params_per_rank_equal_the_megatron_model(run_torchrun, tmp_path):
         for name, hf in result["families"].items():
             expected = plan.params_per_rank(plan.ModelShape.from_hf(hf), row["tp"], row["pp"])[row["pp_rank"]]
             assert row[name] == expected * 4, (name, row)  # fp32 on CPU
+        vpp = row["vpp"] or None
+        for micro, held in row.get("inflight", {}).items():  # chunk-micro-batches; the plan counts stages' worth
+            assert held == plan.inflight_microbatches(row["pp_rank"], row["pp"], vpp, int(micro)) * (vpp or 1), row
+    assert sum("inflight" in row for row in result["ranks"]) == 12
 
 
 def _hf_param_count(hf: dict) -> int:
@@ -257,3 +261,13 @@ def test_mean_seq_len_changes_time_not_memory():
     assert short["flops"]["train"] == 3 * 4096 * plan.forward_flops(m, 1024)
     assert short["rollout"]["decode_steps"] < full["rollout"]["decode_steps"] / 3
     assert short["time_floor_s"]["total"] < full["time_floor_s"]["total"] / 3
+
+
+def test_without_transformer_engine_attention_scores_count():
+    cfg = load_config("qwen3-1.7b-math500", ["parallel.micro_batch_size=1"])
+    te, _, _ = plan.plan_run(cfg)
+    no_te, _, suggestion = plan.plan_run(cfg, a=plan.Assumptions(transformer_engine=False))
+    m = plan.ModelShape.from_hf(cfg.model.hf_config)
+    extra = 2 * m.heads * 4096 * 4096 * m.layers  # 2*a*s^2 bytes per layer, micro-batch 1, TP1
+    assert no_te["stages"][0]["activations"] - te["stages"][0]["activations"] == extra
+    assert suggestion is None or not suggestion[0].sequence_parallel

@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
+from harmony_mcore.answers.numeric import CONSTANT, NAMED, SYMBOLIC, distinct, make_print, symbol_value
+
 # Codes sent back per operation.
-NOT_EQUAL, EQUAL, ERROR, SKIPPED, FAR = 0, 1, -1, 2, 4  # verify ops (FAR: numbers far apart)
+# verify ops; FAR: values far apart, TEXT: text-only parse differs -- both "not equal" w/o verify()
+NOT_EQUAL, EQUAL, ERROR, SKIPPED, FAR, TEXT = 0, 1, -1, 2, 4, 5
 UNPARSED, PARSED, HUGE = 0, 1, 3  # parse ops (ERROR also possible)
 
 _PARSE_CACHE_SIZE = 4096
@@ -78,44 +81,73 @@ def _die_with_parent() -> None:
         pass
 
 
-def _fingerprint(values: list) -> tuple[complex, ...] | None:
-    """Numeric values of a parse result if every parsed object is a closed-form number."""
+def _print(obj):
+    """numeric.Print of one parsed object (a number or expression, an interval's endpoints,
+    a tuple's, finite set's or matrix's elements), or None for anything else (relations,
+    unions, a bare symbol e or i, which math-verify compares by name)."""
+    from sympy import E, Expr, FiniteSet, Interval, MatrixBase, Mul, Symbol, Tuple
+
+    if isinstance(obj, Symbol) and obj.name.lower() in ("e", "i"):
+        return None
+    if isinstance(obj, Interval):
+        parts = [obj.start, obj.end]
+    elif isinstance(obj, (FiniteSet, Tuple)):
+        parts = list(obj)
+    elif isinstance(obj, MatrixBase):
+        parts = list(obj)
+    elif isinstance(obj, Expr):
+        parts = [obj]
+    else:
+        return None
+    kind = CONSTANT
+    values = []
+    for part in parts:
+        if not isinstance(part, Expr):
+            return None
+        symbols = part.free_symbols
+        if symbols:
+            kind = max(kind, SYMBOLIC)
+            if any(len(s.name) > 1 for s in symbols) or (
+                    isinstance(part, Mul) and all(a == E or isinstance(a, Symbol) for a in part.args)):
+                kind = NAMED  # math-verify may compare these by concatenated names
+            part = part.subs({s: symbol_value(s.name) for s in symbols})
+        values.append(complex(part.evalf(20)))
+    return make_print(values, kind)
+
+
+def _prints(values: list) -> list | None:
+    """One Print per parsed alternative, or None if any alternative has none."""
     out = []
     for v in values:
         if isinstance(v, str):
             continue
-        if not getattr(v, "is_number", False):
-            return None
         try:
-            out.append(complex(v.evalf(20)))
-        except (TypeError, ValueError, OverflowError):
+            p = _print(v)
+        except (TypeError, ValueError, OverflowError, AttributeError):
             return None
-    return tuple(out) or None
-
-
-def _far_apart(fa: tuple[complex, ...], fb: tuple[complex, ...]) -> bool:
-    """Every value of one is far from every value of the other: no verify() can match them.
-
-    The margin (1e-4 relative) is far wider than math-verify's own float tolerance (6
-    decimals), so this only skips comparisons whose answer is certainly "not equal".
-    """
-    return all(abs(x - y) > 1e-4 * max(1.0, abs(x), abs(y)) for x in fa for y in fb)
+        if p is None:
+            return None
+        out.append(p)
+    return out or None
 
 
 def serve(conn, mem_mb: int | None = None) -> None:
-    """Loop: receive a job (forms, pairs, start, bad), run ops from `start`, reply (op, code).
+    """Loop: receive a job, run its ops from `start`, reply lists of (op, code).
 
-    Ops are numbered: first one parse per form, then one verify per pair (i, j) of form
-    indices. `bad` holds form indices the parent gave up on; pairs touching them are skipped.
+    A job is (forms, prints, n_parse, pairs, start, bad). Ops are numbered: one parse per
+    form in forms[:n_parse] (the others come with a numeric fingerprint from the parent in
+    `prints` and are parsed only if a pair needs math-verify), then one verify per pair
+    (i, j) of form indices. `bad` holds form indices the parent gave up on; pairs touching
+    them are skipped.
     """
     _limit_memory(mem_mb)
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    # form -> (status, parse result, its strings, numeric fingerprint)
-    cache: OrderedDict[str, tuple[int, list, set, tuple | None]] = OrderedDict()
+    # form -> (status, parse result, its strings, fingerprints of its alternatives)
+    cache: OrderedDict[str, tuple[int, list, set, list | None]] = OrderedDict()
 
-    def parsed(form: str) -> tuple[int, list, set, tuple | None]:
+    def parsed(form: str) -> tuple[int, list, set, list | None]:
         hit = cache.get(form)
         if hit is not None:
             cache.move_to_end(form)
@@ -129,13 +161,42 @@ def serve(conn, mem_mb: int | None = None) -> None:
                 entry = (HUGE, [], set(), None)
             else:
                 strings = {v.strip() for v in value if isinstance(v, str)}
-                entry = (PARSED, value, strings, _fingerprint(value))
+                entry = (PARSED, value, strings, _prints(value))
         except (Exception, RecursionError, MemoryError):
             entry = (ERROR, [], set(), None)
         cache[form] = entry
         if len(cache) > _PARSE_CACHE_SIZE:
             cache.popitem(last=False)
         return entry
+
+    def strings(form: str) -> set:
+        """The text alternatives verify() compares as strings (a parsed form's, else itself)."""
+        entry = cache.get(form)
+        return entry[2] if entry else {form.strip()}
+
+    def far(fa: list | None, fb: list | None) -> bool:
+        return bool(fa and fb) and all(distinct(x, y) for x in fa for y in fb)
+
+    def compare(fa: str, fb: str, pa, pb) -> int:
+        # A side that parses to nothing, or to text only, settles the pair before the other
+        # side is parsed: verify() would only compare its strings.
+        for form, other, given in ((fa, fb, pa), (fb, fa, pb)):
+            if given is None:
+                _, value, texts, _ = parsed(form)
+                if not value:
+                    return SKIPPED
+                if all(isinstance(v, str) for v in value):
+                    return EQUAL if texts & strings(other) else TEXT
+        fi = [pa] if pa else parsed(fa)[3]
+        fj = [pb] if pb else parsed(fb)[3]
+        if far(fi, fj) and not (strings(fa) & strings(fb)):
+            return FAR
+        a, b = parsed(fa)[1], parsed(fb)[1]
+        if not (a and b):
+            return SKIPPED
+        # verify() is asymmetric (gold first); either direction counts.
+        same = verify(a, b, timeout_seconds=None) or verify(b, a, timeout_seconds=None)
+        return EQUAL if same else NOT_EQUAL
 
     # Trigger sympy's lazy imports and first-use setup now, not inside a timed operation.
     for a, b in (("\\frac{\\sqrt{2}}{2}", "x^2+1"), ("(1,2]", "\\{1,2\\}"), ("0.5", "\\pi")):
@@ -150,30 +211,41 @@ def serve(conn, mem_mb: int | None = None) -> None:
             return
         if job is None:
             return
-        forms, pairs, start, bad = job
-        n = len(forms)
-        for op in range(start, n + len(pairs)):
+        forms, prints, n_parse, pairs, start, bad = job
+        done: list[tuple[int, int]] = []  # results not sent yet
+
+        def known(k: int):
+            """Form k's prints without parsing it (False if that would need a parse)."""
+            if prints[k]:
+                return [prints[k]]
+            entry = cache.get(forms[k])
+            return entry[3] if entry else False
+
+        for op in range(start, n_parse + len(pairs)):
+            # Instant ops (cached parses, pairs decided by fingerprints) are batched; before
+            # an op that may be slow, everything done so far is sent, so the parent's clock
+            # for the timeout always runs on the op in progress.
             try:
-                if op < n:
+                if op < n_parse:
+                    if forms[op] not in cache:
+                        conn.send(done)
+                        done = []
                     code = parsed(forms[op])[0]
                 else:
                     code = SKIPPED
-                    i, j = pairs[op - n]
+                    i, j = pairs[op - n_parse]
                     if i not in bad and j not in bad:
-                        (_, a, sa, fa), (_, b, sb, fb) = parsed(forms[i]), parsed(forms[j])
-                        if a and b:
-                            if fa and fb and not (sa & sb) and _far_apart(fa, fb):
-                                code = FAR
-                            # verify() is asymmetric (gold first); either direction counts.
-                            elif verify(a, b, timeout_seconds=None) or verify(
-                                b, a, timeout_seconds=None
-                            ):
-                                code = EQUAL
-                            else:
-                                code = NOT_EQUAL
+                        fi, fj = known(i), known(j)
+                        instant = fi is not False and fj is not False and far(fi, fj) and not (
+                            strings(forms[i]) & strings(forms[j]))
+                        if not instant:
+                            conn.send(done)
+                            done = []
+                        code = FAR if instant else compare(forms[i], forms[j], prints[i], prints[j])
             except (Exception, RecursionError, MemoryError):
                 code = ERROR
-            conn.send((op, code))
+            done.append((op, code))
+        conn.send(done)
 
 
 def main(argv: list[str]) -> None:

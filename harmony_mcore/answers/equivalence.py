@@ -12,9 +12,13 @@ close to our `normalized` (we keep 0.5 and 1/2 apart there; `math` joins them).
 Relation used in `math` mode, between two distinct normalized forms a, b:
 - both plain numbers (integers, decimals, fractions): equal by value; if either is a
   decimal, equal after rounding both to 6 places -- math-verify's own rule for floats;
+- both simple enough for `numeric.fingerprint` and their values far apart: not equal
+  (math-verify could not find them equal; see numeric.py);
 - otherwise math-verify in a worker process: verify(a, b) OR verify(b, a) (verify is
   asymmetric), which makes the relation symmetric;
-- a form longer than `max_len`, or one whose parse timed out, equals nothing but itself.
+- a form longer than `max_len`, one that would evaluate to an astronomically large number,
+  or one whose parse timed out or crashed (or that took part in two timed-out pairs)
+  equals nothing but itself; a timed-out pair counts as not equal.
 Classes are the connected components of that relation (union-find): a non-transitive
 "equality" chain a~b, b~c merges a, b, c. Components do not depend on answer order.
 """
@@ -36,13 +40,14 @@ from fractions import Fraction
 from multiprocessing.connection import wait
 
 from harmony_mcore.answers import _mv_worker as W
+from harmony_mcore.answers.numeric import distinct, fingerprint
 
 MODES = ("math", "normalized", "exact")
 
 # ---------------------------------------------------------------------------------------
 # Normalisation (pure, cheap, linear-time regexes)
 
-_SPACING = re.compile(r"\\[!,;:> ]|\\q?quad(?![A-Za-z])|~")
+_SPACING = re.compile(r"(?<!\\)\\[!,;:> ]|\\q?quad(?![A-Za-z])|~")  # not the `\\` of a row break
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])")
 _FRAC_CMD = re.compile(r"\\[dt]frac(?![A-Za-z])")
@@ -170,6 +175,7 @@ def normalize(ans: str) -> str:
 
 
 _normalize_cached = functools.lru_cache(maxsize=1 << 16)(normalize)
+_fingerprint_cached = functools.lru_cache(maxsize=1 << 16)(fingerprint)
 
 # ---------------------------------------------------------------------------------------
 # Worker pool with a hard per-operation wall-clock timeout
@@ -180,7 +186,7 @@ class EquivalenceStats:
     calls: int = 0  # verify operations run by workers
     parses: int = 0  # parse operations run by workers
     cache_hits: int = 0  # pairs answered from the parent's cache
-    numeric: int = 0  # pairs decided by arithmetic (exact rationals, or values far apart)
+    numeric: int = 0  # pairs decided without math-verify (exact rationals, values far apart, text)
     timeouts: int = 0  # operations killed at the timeout (worker replaced)
     failures: int = 0  # worker crashes and exceptions inside math-verify
     rejected_too_long: int = 0  # forms longer than max_len, never given to math-verify
@@ -192,11 +198,17 @@ class EquivalenceStats:
 
 
 class _Job:
-    """One problem's work: parse each form, then verify each pair (op numbers in that order)."""
+    """One problem's work: parse forms[:n_parse], then verify each pair (op numbers in that
+    order). Forms from n_parse on carry the parent's numeric fingerprint in `prints` and are
+    parsed inside a pair op only if that pair needs math-verify."""
 
-    __slots__ = ("forms", "pairs", "codes", "bad", "dead", "strikes")
+    __slots__ = ("forms", "prints", "n_parse", "pairs", "codes", "bad", "dead", "strikes")
 
-    def __init__(self, forms: list[str], pairs: list[tuple[int, int]]):
+    def __init__(self, forms: list[str], pairs: list[tuple[int, int]],
+                 prints: list[tuple | None] | None = None):
+        self.prints = prints or [None] * len(forms)
+        self.n_parse = sum(p is None for p in self.prints)
+        assert all(p is None for p in self.prints[:self.n_parse]), "unprinted forms go first"
         self.forms, self.pairs = forms, pairs
         self.codes: list[int] = []
         self.bad: set[int] = set()  # forms whose remaining pairs are skipped
@@ -205,7 +217,7 @@ class _Job:
 
     @property
     def n_ops(self) -> int:
-        return len(self.forms) + len(self.pairs)
+        return self.n_parse + len(self.pairs)
 
 
 _WORKER_MAIN = f"import sys; from {W.__name__} import main; main(sys.argv[1:])"
@@ -257,12 +269,12 @@ class _Pool:
 
     def _send(self, slot: _Slot, job: _Job) -> None:
         slot.job, slot.since = job, time.monotonic()
-        slot.conn.send((job.forms, job.pairs, len(job.codes), job.bad))
+        slot.conn.send((job.forms, job.prints, job.n_parse, job.pairs, len(job.codes), job.bad))
 
     def _give_up_current(self, i: int, kind: str) -> _Job:
         """The op running in slot i timed out or crashed: record it, replace the worker."""
         job = self.slots[i].job
-        op, n = len(job.codes), len(job.forms)
+        op, n = len(job.codes), job.n_parse
         what = job.forms[op] if op < n else " ~ ".join(job.forms[k] for k in job.pairs[op - n])
         self.incidents.append((kind, "parse" if op < n else "verify", what[:200]))
         if kind == "timeout":
@@ -284,14 +296,17 @@ class _Pool:
         return job
 
     def _on_message(self, slot: _Slot, msg) -> None:
+        slot.since = time.monotonic()
         if msg == "ready":
-            slot.ready, slot.since = True, time.monotonic()
+            slot.ready = True
             return
-        op, code = msg
+        for op, code in msg:
+            self._on_result(slot, op, code)
+
+    def _on_result(self, slot: _Slot, op: int, code: int) -> None:
         job = slot.job
         job.codes.append(code)
-        slot.since = time.monotonic()
-        if op < len(job.forms):
+        if op < job.n_parse:
             self.stats.parses += 1
             if code != W.PARSED:
                 job.bad.add(op)
@@ -300,7 +315,7 @@ class _Pool:
             if code == W.HUGE:
                 self.stats.rejected_huge += 1
                 self.incidents.append(("huge", "parse", job.forms[op][:200]))
-        elif code == W.FAR:
+        elif code in (W.FAR, W.TEXT):
             self.stats.numeric += 1
         elif code in (W.EQUAL, W.NOT_EQUAL, W.ERROR):
             self.stats.calls += 1
@@ -416,7 +431,7 @@ class Equivalence:
         self.stats = EquivalenceStats()
         self.incidents: deque[tuple[str, str, str]] = deque(maxlen=1000)  # (kind, op, form[:200])
         self._cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
-        self._dead_forms: set[str] = set()  # parse timed out/crashed once: never retried
+        self._dead_forms: set[str] = set()  # timed out / crashed / huge: never given to a worker
         self._pool: _Pool | None = None
         self._finalizer = None
 
@@ -485,6 +500,7 @@ class Equivalence:
             fs = sorted(fs)  # canonical order: the work done does not depend on answer order
             uf = _UnionFind(len(fs))
             nums = [number_value(f) for f in fs]
+            prints = [_fingerprint_cached(f) if len(f) <= self.max_len else None for f in fs]
             solo = set()
             for i, f in enumerate(fs):
                 if len(f) > self.max_len:
@@ -503,6 +519,9 @@ class Equivalence:
                         if _numbers_equal(nums[i], nums[j]):
                             uf.union(i, j)
                         continue
+                    if prints[i] and prints[j] and distinct(prints[i], prints[j]):
+                        self.stats.numeric += 1
+                        continue
                     hit = self._cached(fs[i], fs[j])
                     if hit is None:
                         todo.append((i, j))
@@ -513,9 +532,11 @@ class Equivalence:
             todo = [(i, j) for i, j in todo if uf.find(i) != uf.find(j)]
             job = None
             if todo:
-                used = sorted({k for p in todo for k in p})
+                # forms without a numeric fingerprint first: they get explicit parse ops
+                used = sorted({k for p in todo for k in p}, key=lambda k: (prints[k] is not None, k))
                 local = {k: n for n, k in enumerate(used)}
-                job = _Job([fs[k] for k in used], [(local[i], local[j]) for i, j in todo])
+                job = _Job([fs[k] for k in used], [(local[i], local[j]) for i, j in todo],
+                           [prints[k] for k in used])
             jobs.append((fs, uf, job))
         work = [job for _, _, job in jobs if job is not None]
         if work:
@@ -523,13 +544,13 @@ class Equivalence:
         roots = []
         for fs, uf, job in jobs:
             if job is not None:
-                n = len(job.forms)
+                n = job.n_parse
                 self.stats.unparsed += job.codes[:n].count(W.UNPARSED)
                 self._dead_forms.update(job.forms[k] for k in job.dead)
                 index = {f: i for i, f in enumerate(fs)}
                 for (li, lj), code in zip(job.pairs, job.codes[n:]):
                     a, b = job.forms[li], job.forms[lj]
-                    if code in (W.EQUAL, W.NOT_EQUAL, W.FAR):
+                    if code in (W.EQUAL, W.NOT_EQUAL, W.FAR, W.TEXT):
                         self._remember(a, b, code == W.EQUAL)
                     if code == W.EQUAL:
                         uf.union(index[a], index[b])

@@ -223,24 +223,24 @@ class WeightExporter:
 
         Returns phase timings in seconds: export (gather/merge/convert), load, wake.
         """
-        t0 = _now()
+        t0 = synced_time()
         engine.wake_up(["weights"])
-        t1 = _now()
+        t1 = synced_time()
         export_s = 0.0
 
         def timed() -> Iterator[tuple[str, torch.Tensor]]:
             nonlocal export_s
-            start = _now()
+            start = synced_time()
             for bucket in self.buckets():
-                export_s += _now() - start
+                export_s += synced_time() - start
                 yield from bucket
-                start = _now()
+                start = synced_time()
 
         engine.load_weights(timed())
-        t2 = _now()
+        t2 = synced_time()
         engine.wake_up(["kv_cache"])
         engine.reset_prefix_cache()
-        t3 = _now()
+        t3 = synced_time()
         return {"sync/export_s": export_s, "sync/load_s": (t2 - t1) - export_s, "sync/wake_s": (t1 - t0) + (t3 - t2),
                 "sync/total_s": t3 - t0, "sync/bytes": float(self.plan.total_bytes())}
 
@@ -258,7 +258,7 @@ def policy_scorer(policy, temperature: float = 1.0) -> Callable[[list[list[int]]
     return score
 
 
-def _now() -> float:
+def synced_time() -> float:
     """Wall time after the GPU's queued work (timings of asynchronous kernels would be meaningless)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -36,7 +36,7 @@ def create_engine(cfg: RolloutConfig, *, hf_config: dict[str, Any], tokenizer, m
         return TorchEngine.from_hf_config(hf_config, tokenizer, dtype=_TORCH_DTYPES[dtype])
     if model_path is None:
         raise ConfigError("rollout.engine=vllm needs an HF model directory (config.json + tokenizer): set model.path")
-    from harmony_mcore.rollout.vllm_engine import VLLMEngine
+    from harmony_mcore.rollout.vllm_engine import VllmEngine
 
-    return VLLMEngine(cfg, model_path, dtype=dtype, seed=seed,
+    return VllmEngine(cfg, model_path, dtype=dtype, seed=seed,
                       max_model_len=max_model_len or cfg.max_prompt_tokens + cfg.max_response_tokens)

@@ -120,7 +120,7 @@ def merge_group_requests(per_rank: list[list], me: int) -> tuple[slice, list]:
     return slice(start, start + len(per_rank[me])), [it for x in per_rank for it in x]
 
 
-class VLLMEngine:
+class VllmEngine:
     """RolloutEngine on a colocated vLLM (see module docstring)."""
 
     def __init__(self, cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int | None):
@@ -143,13 +143,6 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.sleep_level = cfg.sleep_level
         self.model_path = model_path
-
-    @classmethod
-    def from_pretrained(cls, path: str, *, dtype: str = "auto", tp: int = 1, seed: int = 0,
-                        max_model_len: int | None = None, gpu_memory_utilization: float = 0.85) -> "VLLMEngine":
-        """A standalone engine with the checkpoint's own weights (evaluation)."""
-        cfg = RolloutConfig(tp=tp, gpu_memory_utilization=gpu_memory_utilization)
-        return cls(cfg, path, dtype="bf16" if dtype == "auto" else dtype, seed=seed, max_model_len=max_model_len)
 
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[GenerationResult]:
         from vllm import SamplingParams as VllmSamplingParams

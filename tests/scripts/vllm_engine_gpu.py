@@ -11,7 +11,7 @@ import torch.distributed as dist
 from harmony_mcore.config import RolloutConfig
 from harmony_mcore.rollout.base import SamplingParams
 from harmony_mcore.rollout.torch_engine import TorchEngine
-from harmony_mcore.rollout.vllm_engine import VLLMEngine
+from harmony_mcore.rollout.vllm_engine import VllmEngine
 from harmony_mcore.testing import char_tokenizer, tiny_hf_config
 
 
@@ -30,7 +30,7 @@ def main(out_dir: str) -> None:
     ref.model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
 
-    engine = VLLMEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.3, enforce_eager=True, sleep_level=2),
+    engine = VllmEngine(RolloutConfig(tp=1, gpu_memory_utilization=0.3, enforce_eager=True, sleep_level=2),
                         out_dir, dtype="bf16", seed=0, max_model_len=256)
     prompts = [tok.encode(t, add_special_tokens=False) for t in ("1+1=", "The answer is", "abc")]
 
