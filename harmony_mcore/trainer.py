@@ -360,7 +360,22 @@ class Trainer:
         return metrics
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Solver-view accuracy on the task's problems (avg@n, pass@n, maj@n; strict and math scorers)."""
+        """Solver-view accuracy (avg@n, pass@k, maj@k; strict and math scorers): on `eval.benchmarks`
+        (default: the training benchmark) with harmony_mcore.evaluation, run by every rollout
+        replica alike (vLLM TP groups need identical calls); the toy task splits its prompts."""
+        if self.cfg.data.benchmark == TOY:
+            return self._evaluate_task(step)
+        from harmony_mcore.evaluation import eval_suites, evaluate, flat_metrics, settings_from_config
+
+        cfg = self.cfg
+        settings = replace(settings_from_config(cfg.eval, cfg.rollout, cfg.algorithm.consensus),
+                           seed=step_seed(cfg.seed, step, "eval"))
+        self.exporter.sync(self.engine)
+        report = evaluate(self.engine, self.tokenizer, eval_suites(cfg.eval, cfg.data), settings)
+        self.engine.sleep(cfg.rollout.sleep_level)
+        return flat_metrics(report)
+
+    def _evaluate_task(self, step: int) -> dict[str, float]:
         from harmony_mcore.answers import Equivalence, extract_boxed
         from harmony_mcore.evaluation import score_problems, summarise
         from harmony_mcore.rollout import SamplingParams

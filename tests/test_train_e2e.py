@@ -112,3 +112,41 @@ def test_train_end_to_end_kill_and_resume(tmp_path):
     for step in range(1, STEPS + 1):
         for key in ("rollouts_digest", "rewards_digest", "reward/label_accuracy", "reward/coverage"):
             assert got[step][key] == ref[step][key], (step, key)
+
+
+@pytest.mark.dist
+def test_train_on_a_benchmark_file_with_an_hf_model(tmp_path):
+    """The cluster path on CPU: an HF model directory (converted once), chat-template prompts with
+    the reframe-and-solve system prompt, a problems file, evaluation through harmony_mcore.evaluation."""
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harmony_mcore.testing import char_tokenizer, tiny_hf_config
+
+    tok = char_tokenizer()
+    tok._tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # keep "\n\n" apart
+    hf = tiny_hf_config("qwen3", vocab_size=len(tok) + (-len(tok)) % 8)
+    kw = {k: v for k, v in hf.items() if k not in ("model_type", "torch_dtype")}
+    model_dir = tmp_path / "model"
+    AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen3", **kw)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"id": f"p{i}", "question": f"What is {i}+{i}?", "answer": str(2 * i)})
+                                + "\n" for i in range(4)))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harmony_mcore.cli", "train", "qwen3-4b-math500", "model=tiny-toy",
+         f"model.path={model_dir}", "model.hf_config=null", "model.dtype=fp32", "data.benchmark=file",
+         f"data.path={problems}", "data.problems_per_step=2", "parallel=cpu-tp2", "parallel.micro_batch_size=4",
+         "rollout=torch", "rollout.n=2", "rollout.max_response_tokens=8", "rollout.max_prompt_tokens=2048",
+         "eval.n=2", "eval.limit=2", "steps=1", "algorithm.consensus.match=normalized", "log.wandb=disabled",
+         f"output_dir={out}"], env=_env(tmp_path / "cache"), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert "eval/file/math/avg@2" in rows[0] and "eval/file/strict/pass@2" in rows[1]
+    step = rows[1]
+    assert step["reward/problems"] == 2 and step["reward/responses"] == 2 * 2 * 2
+    assert step["reward/format_score/view1"] < 1  # a random model does not write the reframe markers
+    assert step["rollout/logprob_diff_max"] < 1e-3
+    assert (out / "initial_mcore" / "hf" / "config.json").is_file()
