@@ -30,11 +30,14 @@ import random
 import sys
 import time
 from fractions import Fraction
+from pathlib import Path
 
 from harmony_mcore.answers import Equivalence, extract_boxed
 from harmony_mcore.consensus.strategies import get_strategy
 
-DATA = os.environ.get("HARMONY_DATA", "/work/shared/data")
+REPO = Path(__file__).resolve().parents[1]
+MATH500 = REPO / "harmony_mcore" / "data" / "files" / "math500_ttrl.json"
+QWEN_OUTPUTS = REPO / "tests" / "data" / "qwen25math_math_cot_100_8samples.jsonl"
 VIEWS, SAMPLES = 2, 16
 
 PATHOLOGICAL = [
@@ -104,8 +107,8 @@ def _wrong(gt: str, others: list[str], rng: random.Random) -> list[str]:
 
 def make_batch(n_problems: int, seed: int, adversarial: bool = False) -> list[dict]:
     rng = random.Random(seed)
-    gts = [row["answer"] for row in json.load(open(f"{DATA}/benchmarks/math500_ttrl.json"))]
-    with open(f"{DATA}/model_outputs/qwen25math_math_cot_100_8samples.jsonl") as f:
+    gts = [row["answer"] for row in json.load(open(MATH500))]
+    with open(QWEN_OUTPUTS) as f:
         texts = [r for row in map(json.loads, f) for r in row["response"]]
     batch = []
     for p in range(n_problems):

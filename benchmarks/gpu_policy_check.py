@@ -31,16 +31,11 @@ STEPS = int(os.environ.get("STEPS", 3))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
-def matmul_params(c: dict) -> int:
-    h, hd, L = c["hidden_size"], c["head_dim"], c["num_hidden_layers"]
-    qkv = h * (c["num_attention_heads"] + 2 * c["num_key_value_heads"]) * hd
-    per_layer = qkv + c["num_attention_heads"] * hd * h + 3 * h * c["intermediate_size"]
-    return L * per_layer + h * c["vocab_size"]  # + the output layer
-
-
 def train_flops_per_token(c: dict, seq: int) -> float:
-    """6N for the matmuls + 12*L*heads*head_dim*S for attention scores (PaLM's convention, no recompute)."""
-    return 6 * matmul_params(c) + 12 * c["num_hidden_layers"] * c["num_attention_heads"] * c["head_dim"] * seq
+    """Forward + backward (3x a forward) model FLOPs per token, counted by `harmony plan`."""
+    from harmony_mcore import plan
+
+    return 3 * plan.forward_flops(plan.ModelShape.from_hf(c), seq) / seq
 
 
 def plan_estimate_gib(par: ParallelConfig, recompute: str) -> float:
@@ -53,7 +48,7 @@ def plan_estimate_gib(par: ParallelConfig, recompute: str) -> float:
     work = plan.Workload(sequences=ROWS, seq_len=SEQ, response_len=SEQ - 512, logprob_passes=2, engine="torch",
                          rollout_tp=1, memory_fraction=0.5, sleep_level=1)
     st = plan.plan(plan.ModelShape.from_hf(QWEN3_1P7B), lay, work,
-                   a=plan.Assumptions(runtime_overhead=0, flash_attention=False))["stages"][0]
+                   a=plan.Assumptions(runtime_overhead=0, transformer_engine=False))["stages"][0]
     return max(st["peak_logprob"], st["peak_train"]) / 2**30
 
 

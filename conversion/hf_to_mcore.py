@@ -83,39 +83,38 @@ def plan_chunks(mapping: Mapping, dtypes: dict[str, torch.dtype], tp: int) -> di
 class _Producer:
     """Cuts each planned chunk out of the megatron tensor built from HF tensors, copying little.
 
-    At TP layout 1 a chunk is the HF tensor itself (fc1 is stored as a gate chunk and an up chunk,
-    as megatron itself saves it), so only the fused QKV is ever copied.
+    A dim-0 block of a tensor that is a plain HF tensor (or the gate or up half of fc1) is read
+    straight from the file; only the fused QKV and row-parallel blocks are built in memory.
     """
 
     def __init__(self, mapping: Mapping, reader: SafetensorsReader, plan: dict, dtypes: dict[str, torch.dtype]):
         self.mapping, self.reader, self.plan, self.dtypes = mapping, reader, plan, dtypes
         self._name: str | None = None  # DCP asks for one tensor's chunks in a row: keep only that one
-        self._srcs: list[torch.Tensor] = []
         self._full: torch.Tensor | None = None
 
-    def _load(self, name: str) -> None:
+    def _built(self, name: str) -> torch.Tensor:
         if name != self._name:
-            self._name, self._srcs, self._full = None, [], None  # free before reading the next
-            self._srcs = [self.reader.get(n).to(self.dtypes[name]) for n in self.mapping.hf_sources(name)]
-            self._name = name
+            self._name, self._full = None, None  # free before reading the next
+            srcs = [self.reader.get(n).to(self.dtypes[name]) for n in self.mapping.hf_sources(name)]
+            self._full, self._name = self.mapping.hf_to_mcore(name, srcs), name
+        return self._full
 
     def __call__(self, chunk: Chunk) -> torch.Tensor:
         name, _ = self.plan[(chunk.key, chunk.offsets)]
-        self._load(name)
         per_layer = len(chunk.sizes) == len(self.mapping.mcore_shape(name)) + 1
         offsets, sizes = (chunk.offsets[1:], chunk.sizes[1:]) if per_layer else (chunk.offsets, chunk.sizes)
-        if self.mapping.tp_layout(name) == GATE_UP:  # a block lies within the gate or the up half
-            half = self.mapping.ffn
-            k = int(offsets[0] >= half)
-            block = self._srcs[k].narrow(0, offsets[0] - k * half, sizes[0])
+        layout, srcs = self.mapping.tp_layout(name), self.mapping.hf_sources(name)
+        whole_rows = all(o == 0 for o in offsets[1:]) and tuple(sizes[1:]) == self.mapping.mcore_shape(name)[1:]
+        if whole_rows and (layout == GATE_UP or (len(srcs) == 1 and layout != ROW)):
+            k = int(layout == GATE_UP and offsets[0] >= self.mapping.ffn)  # gate rows, then up rows
+            block = self.reader.get(srcs[k], rows=(offsets[0] - k * self.mapping.ffn, sizes[0]))
+            block = block.to(self.dtypes[name])
         else:
-            if self._full is None:
-                self._full = self.mapping.hf_to_mcore(name, self._srcs)
-            block = self._full
+            block = self._built(name)
             for dim, (o, n) in enumerate(zip(offsets, sizes)):
                 block = block.narrow(dim, o, n)
-        if not block.is_contiguous() or block.untyped_storage().nbytes() != block.numel() * block.element_size():
-            block = block.contiguous().clone()  # DCP writes whole storages: give it just the block
+            if block.untyped_storage().nbytes() != block.numel() * block.element_size():
+                block = block.clone(memory_format=torch.contiguous_format)  # DCP writes whole storages
         return block.unsqueeze(0) if per_layer else block
 
 

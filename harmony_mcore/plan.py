@@ -91,7 +91,9 @@ class Assumptions:
     grad_bytes: int = 4  # Megatron DDP main_grad buffers are fp32 for bf16 training
     optim_bytes: int = 12  # Adam: fp32 master weights + exp_avg + exp_avg_sq
     logit_bytes: int = 6  # bf16 logits + fp32 log-softmax kept for backward, per vocab entry
-    flash_attention: bool = True  # TE's fused attention keeps no s x s scores; the local spec's unfused one does
+    # The cluster has Transformer Engine (NGC containers do): its fused attention keeps no s x s
+    # scores and it allows sequence parallelism; without it the local spec's attention keeps them.
+    transformer_engine: bool = True
     vocab_multiple: int = 128  # Megatron pads the vocabulary to a multiple of this x TP
 
 
@@ -140,14 +142,23 @@ def layout_from_config(cfg: RunConfig, gpus: int) -> Layout:
                   cfg.model.recompute, p.micro_batch_size, p.offload_reference)
 
 
-def preflight_check(cfg: RunConfig, hf: dict[str, Any]) -> Callable[[Layout], None]:
-    """A check that raises the trainer's own ConfigError (harmony_mcore.preflight) for a layout
-    the run would refuse: the plan never plans, or suggests, what cannot start."""
+def cluster_preflight(cfg: RunConfig, gpus: int, hf: dict[str, Any], transformer_engine: bool) -> None:
+    """The run's own preflight (harmony_mcore.preflight), for the cluster rather than this machine:
+    preflight allows sequence parallelism only where Transformer Engine imports, and the plan
+    is made where it may not."""
+    if transformer_engine:
+        cfg = replace(cfg, parallel=replace(cfg.parallel, sequence_parallel=False))
+    preflight(cfg, gpus, hf, on_gpu=True)
+
+
+def preflight_check(cfg: RunConfig, hf: dict[str, Any], transformer_engine: bool = True) -> Callable[[Layout], None]:
+    """A check that raises the trainer's own ConfigError for a layout the run would refuse: the
+    plan never plans, or suggests, what cannot start."""
     def check(lay: Layout) -> None:
         par = replace(cfg.parallel, tp=lay.tp, pp=lay.pp, vpp=lay.vpp, dp=lay.dp, micro_batch_size=lay.micro_batch_size,
                       sequence_parallel=lay.sequence_parallel, distributed_optimizer=lay.distributed_optimizer,
                       offload_reference=lay.offload_reference)
-        preflight(replace(cfg, parallel=par), lay.gpus, hf, on_gpu=True)
+        cluster_preflight(replace(cfg, parallel=par), lay.gpus, hf, transformer_engine)
 
     return check
 
@@ -324,8 +335,8 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
     for stage, n in enumerate(params_per_rank(m, lay.tp, lay.pp, a.vocab_multiple)):
         weights, grads, reference = n * param_bytes, n * a.grad_bytes, n * param_bytes
         optim = n * optim_bytes // (lay.dp if lay.distributed_optimizer else 1)
-        act_layer = layer_activation_bytes(m, s, b, lay.tp, lay.sequence_parallel, lay.recompute, a.flash_attention)
-        full_layer = layer_activation_bytes(m, s, b, lay.tp, lay.sequence_parallel, "none", a.flash_attention)
+        act_layer = layer_activation_bytes(m, s, b, lay.tp, lay.sequence_parallel, lay.recompute, a.transformer_engine)
+        full_layer = layer_activation_bytes(m, s, b, lay.tp, lay.sequence_parallel, "none", a.transformer_engine)
         activations = int(act_layer * layers * inflight_microbatches(stage, lay.pp, lay.vpp, microbatches))
         if lay.recompute == "full":  # the layer being recomputed holds its full activations once
             activations += full_layer
@@ -392,7 +403,7 @@ def plan(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Assump
     }
 
 
-def candidate_layouts(lay: Layout, max_tp: int = 8):
+def candidate_layouts(lay: Layout, max_tp: int = 8, sequence_parallel: bool = True):
     """Layouts on the same GPUs, smallest model-parallel size first; at each size the cheap
     memory savers come first (distributed optimizer, reference offload, smaller
     micro-batches), recomputation last."""
@@ -407,7 +418,7 @@ def candidate_layouts(lay: Layout, max_tp: int = 8):
                 while mbs >= 1:
                     yield replace(lay, tp=tp, pp=pp, vpp=lay.vpp if pp > 1 else None, dp=gpus // mp,
                                   distributed_optimizer=True, offload_reference=True, recompute=recompute,
-                                  micro_batch_size=mbs, sequence_parallel=tp > 1)
+                                  micro_batch_size=mbs, sequence_parallel=sequence_parallel and tp > 1)
                     mbs //= 2
 
 
@@ -415,7 +426,7 @@ def suggest(m: ModelShape, lay: Layout, w: Workload, hw: Hardware = H100, a: Ass
             param_bytes: int = 2, check: Callable[[Layout], None] | None = None) -> tuple[Layout, float] | None:
     """The smallest valid layout on the same GPUs that fits, with the vLLM memory fraction it needs
     (the configured one, or lower when that is what the generate phase needs); None if none fits."""
-    for cand in candidate_layouts(lay):
+    for cand in candidate_layouts(lay, sequence_parallel=a.transformer_engine):
         try:
             if check:
                 check(cand)
@@ -514,8 +525,9 @@ def plan_run(cfg: RunConfig, gpus: int | None = None, a: Assumptions = Assumptio
     hf, source = resolve_hf_config(cfg)
     hw = parse_fits(cfg.fits)[1] if cfg.fits else H100
     gpus = job_gpus(cfg, gpus)
-    preflight(cfg, gpus, hf, on_gpu=True)  # the run's own checks, before any layout arithmetic
-    m, lay, check = ModelShape.from_hf(hf), layout_from_config(cfg, gpus), preflight_check(cfg, hf)
+    cluster_preflight(cfg, gpus, hf, a.transformer_engine)  # the run's own checks, before any layout arithmetic
+    m, lay = ModelShape.from_hf(hf), layout_from_config(cfg, gpus)
+    check = preflight_check(cfg, hf, a.transformer_engine)
     w = replace(Workload.from_config(cfg), mean_seq_len=mean_seq_len)
     param_bytes = 4 if cfg.model.dtype == "fp32" else 2
     p = plan(m, lay, w, hw, a, param_bytes)
@@ -531,11 +543,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--headroom", type=float, default=Assumptions.headroom, help="share of GPU memory kept free")
     ap.add_argument("--mean-seq-len", type=int,
                     help="average prompt+response tokens for FLOPs and time (default: the maximum)")
-    ap.add_argument("--unfused-attention", action="store_true",
-                    help="no Transformer Engine on the cluster: the local spec keeps the s x s attention scores")
+    ap.add_argument("--no-te", action="store_true", help="no Transformer Engine on the cluster: the local "
+                    "spec's attention keeps the s x s scores, and no sequence parallelism")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = ap.parse_args(argv)
-    assumptions = Assumptions(mfu=args.mfu, headroom=args.headroom, flash_attention=not args.unfused_attention)
+    assumptions = Assumptions(mfu=args.mfu, headroom=args.headroom, transformer_engine=not args.no_te)
     try:
         cfg = load_config(args.config, args.overrides)
         p, source, suggestion = plan_run(cfg, args.gpus, assumptions, args.mean_seq_len)

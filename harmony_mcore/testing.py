@@ -31,7 +31,7 @@ def char_tokenizer(alphabet: str = DEFAULT_ALPHABET, roles: tuple[str, ...] = ("
     chars = list(dict.fromkeys(alphabet))
     vocab = {tok: i for i, tok in enumerate(specials + chars)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # "." would skip newlines
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(specials)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harmony_mcore.answers import Equivalence, normalize
-from tests.answers_shared import shared_math_equivalence
+from tests.answers_shared import pool_timeout, shared_math_equivalence
 
 
 @pytest.fixture
@@ -145,11 +145,12 @@ HANG_A, HANG_B = "\\binom{10^{9}}{10^{5}}", "\\binom{10^{9}}{10^{5}+1}"
 
 
 def test_pathological_answers_are_bounded_and_counted(math_eq):
-    eq = math_eq  # timeout_s=2
+    eq = math_eq
     before = eq.stats.as_dict()
     t0 = time.perf_counter()
-    c = eq.classes([HANG_A, "7", HANG_B, "\\frac{\\sqrt{2}}{3}", "10^{10^{10}}", "x" * 5000,
-                    "\\frac{1}{2", "7.0"])
+    with pool_timeout(eq, 2.0):
+        c = eq.classes([HANG_A, "7", HANG_B, "\\frac{\\sqrt{2}}{3}", "10^{10^{10}}", "x" * 5000,
+                        "\\frac{1}{2", "7.0"])
     took = time.perf_counter() - t0
     assert c == [0, 1, 2, 3, 4, 5, 6, 1]
     s = {k: v - before[k] for k, v in eq.stats.as_dict().items()}
@@ -159,7 +160,8 @@ def test_pathological_answers_are_bounded_and_counted(math_eq):
     kinds = {kind for kind, _, _ in eq.incidents}
     assert {"timeout", "too_long", "huge"} <= kinds
     # the timed-out pair is not cached as equal, and asking again is bounded the same way
-    assert eq.classes([HANG_B, HANG_A]) == [0, 1]
+    with pool_timeout(eq, 2.0):
+        assert eq.classes([HANG_B, HANG_A]) == [0, 1]
 
 
 def test_worker_crash_is_contained(math_eq):
@@ -171,10 +173,11 @@ def test_worker_crash_is_contained(math_eq):
             if slot.job is not None:
                 os.kill(slot.proc.pid, signal.SIGKILL)
 
-    # a slow job (hangs in verify until the 2 s timeout) whose worker gets killed meanwhile
+    # a slow job (hangs in verify until the timeout) whose worker gets killed meanwhile
     threading.Timer(0.5, kill_busy_worker).start()
     hang_c, hang_d = HANG_A.replace("}}", "}+2}"), HANG_A.replace("}}", "}+3}")  # not yet convicted
-    c = eq.classes([hang_c, "\\sqrt{2}", hang_d, "\\frac{2}{\\sqrt{2}}"])
+    with pool_timeout(eq, 3.0):
+        c = eq.classes([hang_c, "\\sqrt{2}", hang_d, "\\frac{2}{\\sqrt{2}}"])
     assert c == [0, 1, 2, 1]
     assert eq.stats.failures > failures
     assert any(kind == "crash" for kind, _, _ in eq.incidents)

@@ -6,7 +6,6 @@ generated expressions, in-process (no workers).
 """
 
 import json
-import os
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +16,7 @@ from harmony_mcore.answers import normalize
 from harmony_mcore.answers._mv_worker import _prints
 from harmony_mcore.answers.numeric import CONSTANT, NAMED, SYMBOLIC, distinct, fingerprint
 
-DATA = os.environ.get("HARMONY_DATA", "/work/shared/data")
+from tests.datafiles import MATH500, QWEN_OUTPUTS
 
 
 def _agrees(form):
@@ -72,11 +71,10 @@ def test_distinct():
     assert not distinct(named, fingerprint("x")) and distinct(named, one)
 
 
-@pytest.mark.skipif(not os.path.exists(f"{DATA}/benchmarks/math500_ttrl.json"), reason="no shared data")
 def test_fingerprints_agree_with_math_verify_on_real_answers():
-    with open(f"{DATA}/benchmarks/math500_ttrl.json") as f:
+    with open(MATH500) as f:
         answers = [row["answer"] for row in json.load(f)]
-    with open(f"{DATA}/model_outputs/qwen25math_math_cot_100_8samples.jsonl") as f:
+    with open(QWEN_OUTPUTS) as f:
         answers += [p for row in map(json.loads, f) for p in row["pred"]]
     forms = sorted({normalize(a) for a in answers if a} - {""})
     printed = [f for f in forms if fingerprint(f) is not None]

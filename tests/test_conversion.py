@@ -138,11 +138,11 @@ def test_existing_output_and_failed_run_leave_nothing(tiny, tmp_path, monkeypatc
         hf_to_mcore.convert(tiny, out, log=_quiet)
     calls = []
 
-    def failing_get(self, name, _orig=hf_to_mcore.SafetensorsReader.get):
+    def failing_get(self, name, rows=None, _orig=hf_to_mcore.SafetensorsReader.get):
         calls.append(name)
         if len(calls) > 5:
             raise OSError("disk went away")
-        return _orig(self, name)
+        return _orig(self, name, rows)
 
     monkeypatch.setattr(hf_to_mcore.SafetensorsReader, "get", failing_get)
     out.rmdir()

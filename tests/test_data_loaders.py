@@ -2,14 +2,12 @@ import csv
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from harmony_mcore.data.benchmarks import (BENCHMARKS, FILES, DataError, aime_answer, amc_answer, choice_letter,
                                            gsm8k_answer, load_benchmark)
 
-SHARED = Path("/work/shared/data/benchmarks")
 
 
 @pytest.mark.parametrize("name,rows", [("math500", 500), ("aime24", 30), ("amc", 83), ("gsm8k", 1319),

@@ -14,15 +14,12 @@ from harmony_mcore.testing import DEFAULT_ALPHABET, char_tokenizer, tiny_hf_conf
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     import torch
-    from tokenizers import Regex, pre_tokenizers
     from transformers import AutoConfig, AutoModelForCausalLM
 
     problems = load_benchmark("aime24", limit=2) + load_benchmark("gsm8k", limit=2)
     texts = [m["content"] for p in problems for v in view_messages(p, "reframe", 2) for m in v]
     alphabet = DEFAULT_ALPHABET + "".join(sorted(set("".join(texts)) - set(DEFAULT_ALPHABET)))
     tok = char_tokenizer(alphabet)
-    # One token per character, newlines included ("." alone would leave "\n\n" as one unknown piece).
-    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     cfg = tiny_hf_config("qwen3", vocab_size=len(tok), max_position_embeddings=4096)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))

@@ -12,7 +12,6 @@ import torch
 
 from harmony_mcore import plan
 from harmony_mcore.config import ConfigError, load_config, presets
-from harmony_mcore.models import families
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -262,3 +261,13 @@ def test_mean_seq_len_changes_time_not_memory():
     assert short["flops"]["train"] == 3 * 4096 * plan.forward_flops(m, 1024)
     assert short["rollout"]["decode_steps"] < full["rollout"]["decode_steps"] / 3
     assert short["time_floor_s"]["total"] < full["time_floor_s"]["total"] / 3
+
+
+def test_without_transformer_engine_attention_scores_count():
+    cfg = load_config("qwen3-1.7b-math500", ["parallel.micro_batch_size=1"])
+    te, _, _ = plan.plan_run(cfg)
+    no_te, _, suggestion = plan.plan_run(cfg, a=plan.Assumptions(transformer_engine=False))
+    m = plan.ModelShape.from_hf(cfg.model.hf_config)
+    extra = 2 * m.heads * 4096 * 4096 * m.layers  # 2*a*s^2 bytes per layer, micro-batch 1, TP1
+    assert no_te["stages"][0]["activations"] - te["stages"][0]["activations"] == extra
+    assert suggestion is None or not suggestion[0].sequence_parallel

@@ -2,9 +2,9 @@
 
 One 4-process launch runs four layouts in turn (tests/policy/check_policy.py): TP2xPP2, TP2xDP2,
 PP2(VPP2)xDP2 and DP4. Each layout checks Qwen2, Qwen3 and Llama tiny configs: log-probs and entropy
-against per-row transformers forwards (1e-5), reference == policy after sync, one 3-view GRPO step's loss,
-grad norm and every updated weight shard against the same step in plain torch on the HF model (1e-5), and a
-skipped step on a non-finite gradient.
+against per-row transformers forwards (1e-5), reference == policy after sync, two 3-view GRPO steps (loss,
+grad norm, scheduled lr, then every updated weight shard) against the same steps in plain torch on the HF model
+(1e-5), and a skipped step on a non-finite gradient.
 """
 
 from pathlib import Path

@@ -10,7 +10,7 @@ from harmony_mcore.answers import Equivalence, extract_boxed
 from harmony_mcore.consensus.strategies import get_strategy
 from harmony_mcore.consensus.vote_cli import main
 
-REAL = Path("/work/shared/data/model_outputs/qwen25math_math_cot_100_8samples.jsonl")
+REAL = Path(__file__).parent / "data" / "qwen25math_math_cot_100_8samples.jsonl"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -144,7 +144,6 @@ def _argmax_set(views):
     return tied
 
 
-@pytest.mark.skipif(not REAL.exists(), reason="needs /work/shared/data")
 def test_vote_on_real_model_outputs(tmp_path, capsys):
     """100 MATH problems x 8 real samples: samples 0-3 as the solver view, 4-7 as a second view."""
     problems = [json.loads(line) for line in REAL.read_text().splitlines()]

@@ -16,7 +16,8 @@ from collections import OrderedDict
 from harmony_mcore.answers.numeric import CONSTANT, NAMED, SYMBOLIC, distinct, make_print, symbol_value
 
 # Codes sent back per operation.
-NOT_EQUAL, EQUAL, ERROR, SKIPPED, FAR = 0, 1, -1, 2, 4  # verify ops (FAR: numbers far apart)
+# verify ops; FAR: values far apart, TEXT: text-only parse differs -- both "not equal" w/o verify()
+NOT_EQUAL, EQUAL, ERROR, SKIPPED, FAR, TEXT = 0, 1, -1, 2, 4, 5
 UNPARSED, PARSED, HUGE = 0, 1, 3  # parse ops (ERROR also possible)
 
 _PARSE_CACHE_SIZE = 4096
@@ -177,6 +178,15 @@ def serve(conn, mem_mb: int | None = None) -> None:
         return bool(fa and fb) and all(distinct(x, y) for x in fa for y in fb)
 
     def compare(fa: str, fb: str, pa, pb) -> int:
+        # A side that parses to nothing, or to text only, settles the pair before the other
+        # side is parsed: verify() would only compare its strings.
+        for form, other, given in ((fa, fb, pa), (fb, fa, pb)):
+            if given is None:
+                _, value, texts, _ = parsed(form)
+                if not value:
+                    return SKIPPED
+                if all(isinstance(v, str) for v in value):
+                    return EQUAL if texts & strings(other) else TEXT
         fi = [pa] if pa else parsed(fa)[3]
         fj = [pb] if pb else parsed(fb)[3]
         if far(fi, fj) and not (strings(fa) & strings(fb)):

@@ -16,7 +16,9 @@ Relation used in `math` mode, between two distinct normalized forms a, b:
   (math-verify could not find them equal; see numeric.py);
 - otherwise math-verify in a worker process: verify(a, b) OR verify(b, a) (verify is
   asymmetric), which makes the relation symmetric;
-- a form longer than `max_len`, or one whose parse timed out, equals nothing but itself.
+- a form longer than `max_len`, one that would evaluate to an astronomically large number,
+  or one whose parse timed out or crashed (or that took part in two timed-out pairs)
+  equals nothing but itself; a timed-out pair counts as not equal.
 Classes are the connected components of that relation (union-find): a non-transitive
 "equality" chain a~b, b~c merges a, b, c. Components do not depend on answer order.
 """
@@ -184,7 +186,7 @@ class EquivalenceStats:
     calls: int = 0  # verify operations run by workers
     parses: int = 0  # parse operations run by workers
     cache_hits: int = 0  # pairs answered from the parent's cache
-    numeric: int = 0  # pairs decided by arithmetic (exact rationals, or values far apart)
+    numeric: int = 0  # pairs decided without math-verify (exact rationals, values far apart, text)
     timeouts: int = 0  # operations killed at the timeout (worker replaced)
     failures: int = 0  # worker crashes and exceptions inside math-verify
     rejected_too_long: int = 0  # forms longer than max_len, never given to math-verify
@@ -313,7 +315,7 @@ class _Pool:
             if code == W.HUGE:
                 self.stats.rejected_huge += 1
                 self.incidents.append(("huge", "parse", job.forms[op][:200]))
-        elif code == W.FAR:
+        elif code in (W.FAR, W.TEXT):
             self.stats.numeric += 1
         elif code in (W.EQUAL, W.NOT_EQUAL, W.ERROR):
             self.stats.calls += 1
@@ -429,7 +431,7 @@ class Equivalence:
         self.stats = EquivalenceStats()
         self.incidents: deque[tuple[str, str, str]] = deque(maxlen=1000)  # (kind, op, form[:200])
         self._cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
-        self._dead_forms: set[str] = set()  # parse timed out/crashed once: never retried
+        self._dead_forms: set[str] = set()  # timed out / crashed / huge: never given to a worker
         self._pool: _Pool | None = None
         self._finalizer = None
 
@@ -548,7 +550,7 @@ class Equivalence:
                 index = {f: i for i, f in enumerate(fs)}
                 for (li, lj), code in zip(job.pairs, job.codes[n:]):
                     a, b = job.forms[li], job.forms[lj]
-                    if code in (W.EQUAL, W.NOT_EQUAL, W.FAR):
+                    if code in (W.EQUAL, W.NOT_EQUAL, W.FAR, W.TEXT):
                         self._remember(a, b, code == W.EQUAL)
                     if code == W.EQUAL:
                         uf.union(index[a], index[b])

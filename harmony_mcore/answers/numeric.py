@@ -33,6 +33,16 @@ class _Fail(Exception):
     pass
 
 
+def _maybe_degenerate(items: list[complex], brackets: str) -> bool:
+    """Whether math-verify may read a pair as an empty or one-point interval: `[1,1]` is {1},
+    `[2,1]` and `(x,x)` are EmptySet; `(2,1)` and `(1,1)` stay tuples."""
+    a, b = items
+    if a.imag != 0 or b.imag != 0:
+        return True
+    gap = b.real - a.real
+    return abs(gap) <= 1e-4 * max(1.0, min(abs(a), abs(b))) or (gap < 0 and brackets != "()")
+
+
 class _Parser:
     def __init__(self, tokens: list[str]):
         self.t, self.k = tokens, 0
@@ -59,11 +69,9 @@ class _Parser:
                 self.take()
                 items.append(self.expr())
             if self.peek() in _OPEN.values() and self.k == len(self.t) - 1 and len(items) > 1:
-                self.take()
-                a, b = items[0], items[-1]
-                if len(items) == 2 and tok != "\\{" and not (
-                        a.imag == b.imag == 0 and b.real - a.real > 1e-4 * max(1.0, min(abs(a), abs(b)))):
-                    raise _Fail  # [2,1], [1,1], (x,x) become empty or one-point sets in sympy
+                close = self.take()
+                if len(items) == 2 and tok != "\\{" and _maybe_degenerate(items, tok + close):
+                    raise _Fail
                 return tuple(items)
             self.k = start  # a parenthesised scalar such as (1+2)/3: parse as an expression
         value = self.expr()

@@ -115,8 +115,10 @@ def write_checkpoint(out_dir: str | os.PathLike, chunks: Sequence[Chunk],
 
 
 class _SliceLoadPlanner(LoadPlanner):
-    def __init__(self, key: str, target: torch.Tensor, items):
-        self.key, self.target, self.items = key, target, items
+    """Reads the planned items into one target tensor (the block asked for)."""
+
+    def __init__(self, target: torch.Tensor, items):
+        self.target, self.items = target, items
 
     def set_up_planner(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -189,7 +191,7 @@ class CheckpointReader:
         if covered != target.numel():
             raise CheckpointError(f"{self.path}: {key} block {offsets}+{sizes} is not fully stored "
                                   f"({covered} of {target.numel()} elements); the checkpoint is incomplete")
-        planner = _SliceLoadPlanner(key, target, items)
+        planner = _SliceLoadPlanner(target, items)
         plan = self._reader.prepare_local_plan(LoadPlan(items))
         (plan,) = self._reader.prepare_global_plan([plan])
         try:

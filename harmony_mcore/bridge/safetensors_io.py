@@ -15,7 +15,6 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -111,31 +110,40 @@ class SafetensorsReader:
             if absent:
                 raise SafetensorsError(f"{INDEX_NAME} lists tensors absent from the shards: {absent[:5]}")
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor `name`, or only its rows [start, start + count) along dim 0 (a contiguous byte range)."""
         info = self.tensors[name]
-        out = torch.empty(info.shape, dtype=info.dtype)
-        buf = out.reshape(-1).view(torch.uint8).numpy() if info.nbytes else None
+        shape, start = info.shape, info.start
+        if rows is not None:
+            row_bytes = info.nbytes // shape[0] if shape[0] else 0
+            shape, start = (rows[1], *shape[1:]), start + rows[0] * row_bytes
+        out = torch.empty(shape, dtype=info.dtype)
+        nbytes = out.numel() * out.element_size()
         with open(info.path, "rb") as f:
-            f.seek(info.start)
-            got = f.readinto(buf) if buf is not None else 0
-        if got != info.nbytes:
+            f.seek(start)
+            got = f.readinto(out.reshape(-1).view(torch.uint8).numpy()) if nbytes else 0
+        if got != nbytes:
             raise SafetensorsError(f"{info.path}: truncated while reading {name!r}")
         return out
 
 
-def _header_bytes(entries: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> tuple[bytes, list[int]]:
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    n = dtype.itemsize
+    for s in shape:
+        n *= s
+    return n
+
+
+def _header_bytes(entries: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> bytes:
     header: dict = {"__metadata__": {"format": "pt"}}
-    offset, sizes = 0, []
+    offset = 0
     for name, dtype, shape in entries:
-        n = dtype.itemsize
-        for s in shape:
-            n *= s
+        n = _nbytes(dtype, shape)
         header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
-        sizes.append(n)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    return struct.pack("<Q", len(raw)) + raw, sizes
+    return struct.pack("<Q", len(raw)) + raw
 
 
 class ShardedSafetensorsWriter:
@@ -151,9 +159,7 @@ class ShardedSafetensorsWriter:
         shards: list[list] = [[]]
         size = 0
         for entry in plan:
-            n = entry[1].itemsize
-            for s in entry[2]:
-                n *= s
+            n = _nbytes(entry[1], entry[2])
             if shards[-1] and size + n > max_shard_bytes:
                 shards.append([])
                 size = 0
@@ -185,8 +191,7 @@ class ShardedSafetensorsWriter:
         self._close()
         self._shard = k
         self._stream = open(self.dir / self.files[k], "wb")
-        header, _ = _header_bytes(self._shards[k])
-        self._stream.write(header)
+        self._stream.write(_header_bytes(self._shards[k]))
 
     def _close(self) -> None:
         if self._stream is not None:
@@ -204,6 +209,3 @@ class ShardedSafetensorsWriter:
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
         (self.dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
-
-def plan_from(items: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-    return [(n, t.dtype, tuple(t.shape)) for n, t in items]

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from support import TINY, hf_model, hf_row_logprobs, make_batch
 
+from harmony_mcore.algo.schedules import lr_at
 from harmony_mcore.bridge.mapping import get_mapping
 from harmony_mcore.config import AlgorithmConfig, ParallelConfig
 from harmony_mcore.models.builder import global_name
@@ -21,6 +22,7 @@ from harmony_mcore.parallel import destroy_distributed, init_distributed, init_m
 from harmony_mcore.policy import Policy, ViewBatch, hf_weight_shard
 
 TEMP = 0.7
+TOTAL_STEPS = 3  # the cosine schedule changes the lr between the two checked steps
 ALGO = AlgorithmConfig(lr=1e-4, weight_decay=0.01, grad_clip=0.05, warmup_ratio=0.0, kl_coef=0.1)
 
 
@@ -41,35 +43,53 @@ def check_logprobs(pol, hf, ids, attn):
     return logp, err, stat_err
 
 
-def plain_torch_step(hf, views, pg_flags):
-    """The same GRPO step written out with HF per-row forwards, explicit formulas and torch's utilities."""
+def plain_torch_steps(hf, views, pg_flags, lrs):
+    """The same GRPO steps written out with HF per-row forwards, explicit formulas and torch's utilities."""
     model = copy.deepcopy(hf)
-    total = 0.0
-    for view, pg_on in zip(views, pg_flags):
-        mask = view.response_mask * view.attention_mask
-        denom = sum(mask[r, view.attention_mask[r].bool()][1:].sum() for r in range(mask.shape[0]))
-        for r in range(mask.shape[0]):
-            real = view.attention_mask[r].bool()
-            logp, _, _ = hf_row_logprobs(model, view.input_ids[r, real], TEMP)
-            m = mask[r, real][1:].float()
-            old, ref, A = view.old_logp[r, real][1:], view.ref_logp[r, real][1:], view.advantages[r]
-            ratio = torch.exp(logp - old)
-            pg = torch.maximum(-A * ratio, -A * ratio.clamp(1 - ALGO.clip_low, 1 + ALGO.clip_high))
-            if A < 0:
-                pg = torch.minimum(pg, -A * ALGO.dual_clip)
-            kl = torch.exp(ref - logp) - (ref - logp) - 1
-            total = total + ((pg if pg_on else 0.0) + ALGO.kl_coef * kl).mul(m).sum() / denom
-    total.backward()
     params = list(model.parameters())
-    norm = torch.nn.utils.clip_grad_norm_(params, ALGO.grad_clip)
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": ALGO.weight_decay},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
                             lr=ALGO.lr, betas=ALGO.betas, eps=1e-8)
-    opt.step()
-    return model, total.item(), norm.item()
+    losses, norms = [], []
+    for lr in lrs:
+        opt.zero_grad()
+        total = 0.0
+        for view, pg_on in zip(views, pg_flags):
+            mask = view.response_mask * view.attention_mask
+            denom = sum(mask[r, view.attention_mask[r].bool()][1:].sum() for r in range(mask.shape[0]))
+            for r in range(mask.shape[0]):
+                real = view.attention_mask[r].bool()
+                logp, _, _ = hf_row_logprobs(model, view.input_ids[r, real], TEMP)
+                m = mask[r, real][1:].float()
+                old, ref, A = view.old_logp[r, real][1:], view.ref_logp[r, real][1:], view.advantages[r]
+                ratio = torch.exp(logp - old)
+                pg = torch.maximum(-A * ratio, -A * ratio.clamp(1 - ALGO.clip_low, 1 + ALGO.clip_high))
+                if A < 0:
+                    pg = torch.minimum(pg, -A * ALGO.dual_clip)
+                kl = torch.exp(ref - logp) - (ref - logp) - 1
+                total = total + ((pg if pg_on else 0.0) + ALGO.kl_coef * kl).mul(m).sum() / denom
+        total.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(params, ALGO.grad_clip).item())
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        losses.append(total.item())
+    return model, losses, norms
+
+
+def weight_error(pol, name, want_model):
+    want_sd, mapping = want_model.state_dict(), get_mapping(TINY[name])
+    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    err = 0.0
+    for module in pol.modules:
+        for n, p in module.named_parameters():
+            want = hf_weight_shard(mapping, global_name(module, n), want_sd.__getitem__, module.vocab_size, tp, rank)
+            err = max(err, (p.detach() - want).abs().max().item())
+    return err
 
 
 def check_train(pol, hf, name, ids, attn, resp, logp):
+    """Two GRPO steps (lr from the schedule, Adam state carried over) vs plain torch; then a skipped step."""
     g = torch.Generator().manual_seed(7)
     B, T = ids.shape
     # Three views: the solver, a reframe view with its own (shorter) mask, and a KL-only view.
@@ -78,31 +98,27 @@ def check_train(pol, hf, name, ids, attn, resp, logp):
     views = [ViewBatch(ids, attn, m.long(), old_logp=logp + 0.3 * torch.randn(B, T, generator=g),
                        advantages=torch.randn(B, generator=g), ref_logp=logp + 0.3 * torch.randn(B, T, generator=g),
                        policy_gradient=pg) for m, pg in zip(masks, pg_flags)]
-    metrics = pol.train_step(views, step=0, temperature=TEMP)
-    want_model, want_loss, want_norm = plain_torch_step(hf, views, pg_flags)
-    assert want_norm > ALGO.grad_clip, "the check must exercise gradient clipping"
-    assert abs(metrics["loss"] - want_loss) < 1e-5 * max(1.0, abs(want_loss)), (metrics["loss"], want_loss)
-    assert abs(metrics["grad_norm"] - want_norm) < 1e-5 * max(1.0, want_norm), (metrics["grad_norm"], want_norm)
-    assert metrics["skipped"] == 0.0
-    want_sd, mapping = want_model.state_dict(), get_mapping(TINY[name])
-    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-    werr = moved = 0.0
-    for module in pol.modules:
-        for n, p in module.named_parameters():
-            want = hf_weight_shard(mapping, global_name(module, n), want_sd.__getitem__, module.vocab_size, tp, rank)
-            werr = max(werr, (p.detach() - want).abs().max().item())
-    for p0, p1 in zip(hf.parameters(), want_model.parameters()):
-        moved = max(moved, (p0 - p1).abs().max().item())
+    metrics = [pol.train_step(views, step=s, temperature=TEMP) for s in range(2)]
+    lrs = [lr_at(s, base_lr=ALGO.lr, total_steps=TOTAL_STEPS, warmup_ratio=ALGO.warmup_ratio) for s in range(2)]
+    assert lrs[0] != lrs[1] and [m["lr"] for m in metrics] == lrs
+    want_model, want_losses, want_norms = plain_torch_steps(hf, views, pg_flags, lrs)
+    assert min(want_norms) > ALGO.grad_clip, "the check must exercise gradient clipping"
+    for m, want_loss, want_norm in zip(metrics, want_losses, want_norms):
+        assert abs(m["loss"] - want_loss) < 1e-5 * max(1.0, abs(want_loss)), (m["loss"], want_loss)
+        assert abs(m["grad_norm"] - want_norm) < 1e-5 * max(1.0, want_norm), (m["grad_norm"], want_norm)
+        assert m["skipped"] == 0.0
+    werr = weight_error(pol, name, want_model)
+    moved = max((p0 - p1).abs().max().item() for p0, p1 in zip(hf.parameters(), want_model.parameters()))
     assert werr < 1e-5 and moved > 5e-5, (werr, moved)
     # A non-finite gradient skips the update and leaves the weights alone.
     before = [p.detach().clone() for m in pol.modules for p in m.parameters()]
     bad = copy.copy(views[0])
     bad.advantages = views[0].advantages.clone()
     bad.advantages[0] = float("nan")
-    skipped = pol.train_step([bad], step=1, temperature=TEMP)
+    skipped = pol.train_step([bad], step=2, temperature=TEMP)
     after = [p.detach() for m in pol.modules for p in m.parameters()]
     assert skipped["skipped"] == 1.0 and all(torch.equal(a, b) for a, b in zip(before, after)), skipped
-    return metrics["loss"], werr, moved
+    return metrics[-1]["loss"], werr, moved
 
 
 def parse(layout: str) -> ParallelConfig:
@@ -116,13 +132,13 @@ def check_layout(par: ParallelConfig) -> list[str]:
     lines = []
     for seed, name in enumerate(TINY):
         hf = hf_model(name, seed)
-        pol = Policy(TINY[name], par, ALGO, dtype="fp32", total_steps=1)
+        pol = Policy(TINY[name], par, ALGO, dtype="fp32", total_steps=TOTAL_STEPS)
         pol.load_hf_weights(hf.state_dict())
         ids, attn, resp = make_batch(seed)
         logp, err, stat_err = check_logprobs(pol, hf, ids, attn)
         loss, werr, moved = check_train(pol, hf, name, ids, attn, resp, logp)
-        lines.append(f"  {name}: logp err {err:.2e} entropy/self-certainty err {stat_err:.2e} | step loss {loss:.6f} "
-                     f"weight err {werr:.2e} (update size {moved:.2e})")
+        lines.append(f"  {name}: logp err {err:.2e} entropy/self-certainty err {stat_err:.2e} | 2nd step loss {loss:.6f} "
+                     f"weight err after 2 steps {werr:.2e} (update size {moved:.2e})")
     return lines
 
 
