@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
