@@ -21,6 +21,7 @@ import random
 import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -244,16 +245,24 @@ class Trainer:
         self.policy.sync_reference()
 
     # ---- the phases -----------------------------------------------------------------------------
+    def generate_shared(self, requests: list, params) -> list:
+        """Generate `requests`, each rollout replica taking a share; every rank gets all results, in order.
+        Request i is seeded by params.request_seeds[i] (default i), so results do not depend on the split."""
+        seeds = list(params.request_seeds) if params.request_seeds is not None else list(range(len(requests)))
+        mine = [i for i in range(len(requests)) if i % self.replicas == self.replica]
+        results = self.engine.generate([requests[i] for i in mine],
+                                       replace(params, request_seeds=[seeds[i] for i in mine])) if mine else []
+        by_index = dict(self._gather(list(zip(mine, results))))
+        return [by_index[i] for i in range(len(requests))]
+
     def generate(self, rows: list[tuple[int, int]], params) -> list[Rollout]:
-        """Sample every (view, problem) row; each replica takes a share, every rank gets all, in row order."""
-        mine = [(g, v, p) for g, (v, p) in enumerate(rows) if g % self.replicas == self.replica]
-        params = replace(params, request_seeds=[v * len(self.task.problems) + p for _, v, p in mine])
-        results = self.engine.generate([self.task.prompts[v][p] for _, v, p in mine], params) if mine else []
-        local = [(g, [Rollout(v, p, list(res.prompt_ids), list(s.token_ids), s.text, list(s.logprobs),
-                              s.finish_reason == "length") for s in res.samples])
-                 for (g, v, p), res in zip(mine, results)]
-        by_row = dict(self._gather(local))
-        return [r for g in range(len(rows)) for r in by_row[g]]
+        """Sample every (view, problem) row of the task, in row order."""
+        P = len(self.task.problems)
+        results = self.generate_shared([self.task.prompts[v][p] for v, p in rows],
+                                       replace(params, request_seeds=[v * P + p for v, p in rows]))
+        return [Rollout(v, p, list(res.prompt_ids), list(s.token_ids), s.text, list(s.logprobs),
+                        s.finish_reason == "length")
+                for (v, p), res in zip(rows, results) for s in res.samples]
 
     def view_tensors(self, rollouts: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """input_ids, attention_mask, response_mask [B, P+R] (left-padded prompts, right-padded
@@ -359,9 +368,9 @@ class Trainer:
         return metrics
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Solver-view accuracy (avg@n, pass@k, maj@k; strict and math scorers): on `eval.benchmarks`
-        (default: the training benchmark) with harmony_mcore.evaluation, run by every rollout
-        replica alike (vLLM TP groups need identical calls); the toy task splits its prompts."""
+        """Solver-view accuracy (avg@n, pass@k, maj@k; strict and math scorers) on `eval.benchmarks`
+        (default: the training benchmark) with harmony_mcore.evaluation; the rollout replicas share
+        the generation."""
         if self.cfg.data.benchmark == TOY:
             return self._evaluate_task(step)
         from harmony_mcore.evaluation import eval_suites, evaluate, flat_metrics, settings_from_config
@@ -370,7 +379,8 @@ class Trainer:
         settings = replace(settings_from_config(cfg.eval, cfg.rollout, cfg.algorithm.consensus),
                            seed=step_seed(cfg.seed, step, "eval"))
         self.exporter.sync(self.engine)
-        report = evaluate(self.engine, self.tokenizer, eval_suites(cfg.eval, cfg.data), settings)
+        shared = SimpleNamespace(generate=self.generate_shared)  # the engine protocol's generate, split
+        report = evaluate(shared, self.tokenizer, eval_suites(cfg.eval, cfg.data), settings)
         self.engine.sleep(cfg.rollout.sleep_level)
         return flat_metrics(report)
 
