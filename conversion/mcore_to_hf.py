@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -92,6 +94,28 @@ def _read(mapping: Mapping, reader: CheckpointReader, name: str) -> torch.Tensor
     return reader.read(rule.checkpoint_key, (layer,) + (0,) * (len(shape) - 1), (1, *shape[1:]))[0]
 
 
+def _hf_tensors(mapping: Mapping, reader: CheckpointReader, name: str,
+                dtype: torch.dtype) -> list[tuple[str, torch.Tensor]]:
+    """The HF tensors of megatron tensor `name`, contiguous so that the copy out of the fused QKV
+    happens here, in the read-ahead thread, not in the writing one."""
+    return [(n, t.contiguous()) for n, t in mapping.mcore_to_hf(name, _read(mapping, reader, name).to(dtype))]
+
+
+def _read_ahead(read: Callable[[str], Any], names: list[str]) -> Iterator[tuple[str, Any]]:
+    """(name, read(name)) in order, reading the next name in a worker thread while the caller
+    writes this one: reads and writes are system calls that overlap on two cores, where one
+    thread doing both is CPU-bound. One read ahead bounds memory to one extra tensor."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+    try:
+        pending = pool.submit(read, names[0]) if names else None
+        for k, name in enumerate(names):
+            result = pending.result()
+            pending = pool.submit(read, names[k + 1]) if k + 1 < len(names) else None
+            yield name, result
+    finally:  # also when the caller stops early (a write failed): drop the read in flight
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def convert(ckpt: str | Path, out: str | Path, *, hf_config: str | Path | None = None, dtype: str | None = None,
             max_shard_size: str = "5GB", overwrite: bool = False, log=print) -> dict:
     """Export a Megatron-Core checkpoint at `ckpt` to an HF model directory at `out`."""
@@ -116,8 +140,8 @@ def convert(ckpt: str | Path, out: str | Path, *, hf_config: str | Path | None =
     start = time.perf_counter()
     with atomic_output(out, overwrite) as tmp:
         writer = ShardedSafetensorsWriter(tmp, plan, shard_bytes)
-        for name in names:
-            for hf_name, t in mapping.mcore_to_hf(name, _read(mapping, reader, name).to(out_dtype[name])):
+        for _, hf_tensors in _read_ahead(lambda n: _hf_tensors(mapping, reader, n, out_dtype[n]), names):
+            for hf_name, t in hf_tensors:
                 writer.write(hf_name, t)
         writer.finish()
         copy_side_files(cfg_dir, tmp)
