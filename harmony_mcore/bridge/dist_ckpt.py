@@ -203,12 +203,16 @@ class CheckpointReader:
     def dtype(self, key: str) -> torch.dtype:
         return self.tensors[key].properties.dtype
 
-    def read(self, key: str, offsets: Sequence[int] | None = None, sizes: Sequence[int] | None = None) -> torch.Tensor:
-        """The block [offsets, offsets + sizes) of tensor `key` (all of it by default)."""
+    def read(self, key: str, offsets: Sequence[int] | None = None, sizes: Sequence[int] | None = None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        """The block [offsets, offsets + sizes) of tensor `key` (all of it by default), into `out`
+        if given (a reused buffer: a fresh one costs a page fault per 4 KiB, as much CPU as the read)."""
         md = self.tensors[key]
         offsets = tuple(offsets) if offsets is not None else (0,) * len(md.size)
         sizes = tuple(sizes) if sizes is not None else tuple(md.size)
-        target = torch.empty(sizes, dtype=md.properties.dtype)
+        if out is not None and (tuple(out.shape) != sizes or out.dtype != md.properties.dtype):
+            raise ValueError(f"out is {out.dtype} {tuple(out.shape)}; {key} block is {md.properties.dtype} {sizes}")
+        target = torch.empty(sizes, dtype=md.properties.dtype) if out is None else out
         want = ChunkStorageMetadata(torch.Size(offsets), torch.Size(sizes))
         items = create_read_items_for_chunk_list(key, md, [want])
         covered = sum(int(torch.Size(it.lengths).numel()) for it in items)
