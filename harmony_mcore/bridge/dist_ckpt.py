@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -52,11 +53,26 @@ class Chunk:
 
 
 class _StreamingSavePlanner(SavePlanner):
-    """Plans the given chunks and produces each one's data only when DCP writes it."""
+    """Plans the given chunks and produces each one's data only when DCP writes it.
+
+    While DCP serialises one chunk, a worker thread already produces the chunk DCP will ask for
+    next, so file reads and tensor building overlap the writes (the converters are CPU-bound, and
+    these are system calls on the other core). DCP writes a single file's items in plan order,
+    which `_next` assumes; if a DCP version asks in another order, prefetching just stops helping.
+    One worker runs every `produce` call, in turn, so `produce` needs no locking, and at most one
+    chunk is produced ahead, so memory grows by one chunk at most.
+    """
 
     def __init__(self, chunks: Sequence[Chunk], produce: Callable[[Chunk], torch.Tensor]):
         self._chunks = {(c.key, c.offsets): c for c in chunks}
         self._produce = produce
+        order = list(self._chunks)
+        self._next = dict(zip(order, order[1:]))
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="produce")
+        self._ahead: dict[tuple, Future] = {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
         pass  # the plan comes from the chunk list, not from a state dict
@@ -76,8 +92,13 @@ class _StreamingSavePlanner(SavePlanner):
         return new_plan
 
     def resolve_data(self, write_item: WriteItem) -> torch.Tensor:
-        chunk = self._chunks[(write_item.index.fqn, tuple(write_item.index.offset))]
-        data = self._produce(chunk)
+        key = (write_item.index.fqn, tuple(write_item.index.offset))
+        chunk = self._chunks[key]
+        pending = self._ahead.pop(key, None) or self._pool.submit(self._produce, chunk)
+        nxt = self._next.get(key)
+        if nxt is not None and not self._ahead:  # a stale guess stays queued until DCP asks for it
+            self._ahead[nxt] = self._pool.submit(self._produce, self._chunks[nxt])
+        data = pending.result()
         if tuple(data.shape) != chunk.sizes or data.dtype != chunk.dtype:
             raise RuntimeError(f"{chunk.key}@{chunk.offsets}: produced {data.dtype} {tuple(data.shape)}, "
                                f"planned {chunk.dtype} {chunk.sizes}")
@@ -104,12 +125,15 @@ def write_checkpoint(out_dir: str | os.PathLike, chunks: Sequence[Chunk],
     """Write a torch_dist checkpoint into the (existing, empty) `out_dir`; single process."""
     out = Path(out_dir)
     writer = FileSystemWriter(str(out), single_file_per_rank=True, sync_files=True, thread_count=1)
+    planner = _StreamingSavePlanner(chunks, produce)
     with warnings.catch_warnings(), _no_zip_crc():  # "saving in a single process" is what we mean
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         try:
-            dcp_save({}, storage_writer=writer, planner=_StreamingSavePlanner(chunks, produce), no_dist=True)
+            dcp_save({}, storage_writer=writer, planner=planner, no_dist=True)
         except CheckpointException as e:  # a BaseException wrapping ours: re-raise the original
             raise next(iter(e.failures.values()))[0] from None
+        finally:
+            planner.close()
     torch.save({}, out / COMMON_NAME)
     (out / CONFIG_NAME).write_text(json.dumps(TORCH_DIST))
 
@@ -179,12 +203,16 @@ class CheckpointReader:
     def dtype(self, key: str) -> torch.dtype:
         return self.tensors[key].properties.dtype
 
-    def read(self, key: str, offsets: Sequence[int] | None = None, sizes: Sequence[int] | None = None) -> torch.Tensor:
-        """The block [offsets, offsets + sizes) of tensor `key` (all of it by default)."""
+    def read(self, key: str, offsets: Sequence[int] | None = None, sizes: Sequence[int] | None = None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        """The block [offsets, offsets + sizes) of tensor `key` (all of it by default), into `out`
+        if given (a reused buffer: a fresh one costs a page fault per 4 KiB, as much CPU as the read)."""
         md = self.tensors[key]
         offsets = tuple(offsets) if offsets is not None else (0,) * len(md.size)
         sizes = tuple(sizes) if sizes is not None else tuple(md.size)
-        target = torch.empty(sizes, dtype=md.properties.dtype)
+        if out is not None and (tuple(out.shape) != sizes or out.dtype != md.properties.dtype):
+            raise ValueError(f"out is {out.dtype} {tuple(out.shape)}; {key} block is {md.properties.dtype} {sizes}")
+        target = torch.empty(sizes, dtype=md.properties.dtype) if out is None else out
         want = ChunkStorageMetadata(torch.Size(offsets), torch.Size(sizes))
         items = create_read_items_for_chunk_list(key, md, [want])
         covered = sum(int(torch.Size(it.lengths).numel()) for it in items)
