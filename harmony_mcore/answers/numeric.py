@@ -135,6 +135,10 @@ class _Parser:
         tok = self.take()
         if tok.isdigit() and len(tok) == 1:
             return complex(int(tok))
+        return self.named(tok)
+
+    def named(self, tok: str) -> complex:
+        """A variable or \\pi."""
         if tok in VARIABLES:
             self.symbolic = True
             return complex(VARIABLES[tok])
@@ -152,11 +156,8 @@ class _Parser:
         tok = self.take()
         if tok[0].isdigit() or tok[0] == ".":
             return complex(float(tok))
-        if tok in VARIABLES:
-            self.symbolic = True
-            return complex(VARIABLES[tok])
-        if tok == "\\pi":
-            return complex(math.pi)
+        if tok in VARIABLES or tok == "\\pi":
+            return self.named(tok)
         if tok == "\\infty":
             return complex(math.inf)
         if tok == "\\frac":
