@@ -36,6 +36,4 @@ def synthetic_records(n_problems=12, n=6, views=2, seed=0):
                 rows.append(Record(f"p{p:02d}", v, rnd.choice(pool), gt))
     rows[3].answer = {"not": "a string"}
     rnd.shuffle(rows)
-    for i, r in enumerate(rows):
-        r.index = i
     return rows

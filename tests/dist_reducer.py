@@ -1,10 +1,14 @@
 """Run under torchrun (tests/test_reducer_dist.py): the gloo reducer against the single-process
-computation of the whole batch, an empty rank, malformed answers, and a failure on one rank."""
+computation of the whole batch, an empty rank, malformed answers, and a failure on one rank.
+With `--layout-only`: the check that labels and rewards do not depend on the world size, for every
+size from 1 to the number of processes launched."""
 
 import os
 import sys
+import random
 import time
 from dataclasses import replace
+from fractions import Fraction
 
 import torch.distributed as dist
 
@@ -34,7 +38,7 @@ def expected(records, algo):
 
 def check(records, algo, rank, world, empty_rank=None):
     """This rank's share through the reducer == the whole batch in one process, in reverse order
-    (records carry their batch index, so the layout must not matter)."""
+    (labels depend on the answers only, so the layout must not matter)."""
     lo, hi = shard(records, rank, world, empty_rank)
     red = Reducer(algo, equivalence=ExactClasses() if rank == 0 else None)
     rewards, metrics = red(records[lo:hi], step=100)
@@ -47,9 +51,56 @@ def check(records, algo, rank, world, empty_rank=None):
     return metrics
 
 
+def check_layout(rank, world, group):
+    """The trainer's layout: rollouts ordered by (view, problem, sample), rank r of `group` (world
+    ranks) reduces rows r, r + world, ... Many problems end in an exact tie, which a tie-break on
+    arrival order at the reducing rank would settle differently for different world sizes. Rewards
+    must equal the single-process computation of the batch in its own order and in a shuffled order."""
+    pool = ["1", "2", "-3", "\\frac{1}{2}", "x+1", None]
+    rnd = random.Random(5)
+    records = [Record(f"q{p}", v, rnd.choice(pool)) for v in range(2) for p in range(40) for _ in range(4)]
+    mine = list(range(rank, len(records), world))
+    algo = AlgorithmConfig()
+    red = Reducer(algo, group=group, equivalence=ExactClasses() if rank == 0 else None)
+    rewards, metrics = red([records[i] for i in mine], step=100)
+    want = expected(records, algo)
+    assert rewards == [want.rewards[i] for i in mine], rank
+    assert metrics["coverage"] == want.metrics["coverage"]
+    order = list(range(len(records)))
+    rnd.shuffle(order)
+    again = expected([records[i] for i in order], algo)
+    assert [again.rewards[order.index(i)] for i in range(len(records))] == want.rewards
+    assert sum(map(_exact_tie, _by_problem(records))) >= 5  # the batch does exercise the tie-break
+
+
+def _by_problem(records):
+    views = {}
+    for r in records:
+        views.setdefault(r.problem_id, ([], []))[r.view].append(r.answer)
+    return list(views.values())
+
+
+def _exact_tie(views):
+    """Whether two answers share the best harmonic score n0 n1 / (n0 + n1) and pooled count."""
+    v0, v1 = views
+    keys = sorted(((Fraction(v0.count(a) * v1.count(a), v0.count(a) + v1.count(a)), v0.count(a) + v1.count(a))
+                   for a in set(v0) & set(v1) - {None}), reverse=True)
+    return len(keys) > 1 and keys[0] == keys[1]
+
+
 def main():
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    if "--layout-only" in sys.argv:  # every world size from 1 to the launched one, as subgroups
+        for size in range(1, world + 1):
+            group = dist.new_group(list(range(size)), backend="gloo")  # collective: every rank calls it
+            if rank < size:
+                check_layout(rank, size, group)
+        dist.barrier()
+        if rank == 0:
+            print("DIST_LAYOUT_OK")
+        dist.destroy_process_group()
+        return
 
     algo = AlgorithmConfig()  # harmonic-mean, format penalty 0.1, sharpness 0.1
     records = synthetic_records(n_problems=30, n=8, views=2, seed=7)

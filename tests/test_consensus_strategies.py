@@ -151,6 +151,17 @@ def test_ties_break_on_pooled_count_then_smallest_id():
     assert get_strategy("harmonic-mean")([[3, 2], [2, 3]]).label == 2
 
 
+@pytest.mark.parametrize("a,b", [(0, 1), (1, 0)])
+def test_scores_equal_up_to_float_noise_are_a_tie(a, b):
+    """Class a has (1, 2, 3) of 5 votes in three views, b has (2, 3, 1): the same harmonic mean and
+    pooled count, but the float sums 5/1 + 5/2 + 5/3 and 5/2 + 5/3 + 5/1 differ in the last bit.
+    The tie-break, not the noise, must decide: the smaller id, whichever class that is."""
+    views = [[a, b, b, None, None], [a, a, b, b, b], [a, a, a, b, None]]
+    assert harmonic_score([1 / 5, 2 / 5, 3 / 5]) != harmonic_score([2 / 5, 3 / 5, 1 / 5])  # the noise is real
+    assert get_strategy("harmonic-mean")(views).label == 0
+    assert get_strategy("power-mean", k=-1)(views).label == 0
+
+
 def test_per_view_strategies():
     views = [[0, 0, 1], [1, 1, 2, 0]]
     s = get_strategy("self")(views)

@@ -1,8 +1,10 @@
+import itertools
+
 import pytest
 from consensus_support import ExactClasses, synthetic_records
 
 from harmony_mcore.config import AlgorithmConfig, ConsensusConfig
-from harmony_mcore.consensus.reducer import Record, Reducer, compute_batch
+from harmony_mcore.consensus.reducer import Record, Reducer, canonical_classes, compute_batch
 from harmony_mcore.consensus.strategies import get_strategy
 from harmony_mcore.rewards import RewardOptions
 
@@ -38,17 +40,33 @@ def test_batch_equals_problem_by_problem_and_ignores_interleaving():
     assert [regrouped.rewards[perm.index(i)] for i in range(len(records))] == whole.rewards
 
 
-def test_ties_go_to_the_earliest_sampled_answer():
+def _digest(text):
+    import hashlib
+
+    return hashlib.blake2b(text.encode(), digest_size=8).digest()
+
+
+def test_ties_follow_the_answers_not_the_row_order():
+    """An exact tie (9 and 1: one vote in each view) goes to the class whose canonical string has
+    the smaller digest, whatever order the rows arrive in."""
     rows = [Record("a", 0, "9"), Record("a", 0, "1"), Record("a", 1, "1"), Record("a", 1, "9")]
-    assert _batch(rows).problems[0].label_answers == ("9", "9")
-    assert _batch(rows[1::-1] + rows[2:]).problems[0].label_answers == ("1", "1")
-    # with each response's batch position, the arrival order (i.e. the layout) no longer matters
-    for i, r in enumerate(rows):
-        r.index = 10 + i
-    for order in ([0, 1, 2, 3], [1, 0, 3, 2], [3, 1, 2, 0]):
+    want = min(["9", "1"], key=_digest)
+    for order in itertools.permutations(range(4)):
         res = _batch([rows[i] for i in order])
-        assert res.problems[0].label_answers == ("9", "9")
-        assert [res.rewards[order.index(i)] for i in range(4)] == [1, 0, 0, 1]
+        assert res.problems[0].label_answers == (want, want)
+        assert [res.rewards[order.index(i)] for i in range(4)] == [float(r.answer == want) for r in rows]
+
+
+def test_canonical_classes_use_the_smallest_key_of_each_class():
+    # classes from an equivalence: {"1/2", "0.5"} and {"3"}; the canonical string of the first is
+    # the smaller of its keys whichever member comes first
+    key = {"0.5": "0.5", "1/2": "\\frac{1}{2}", "3": "3"}.get
+    for answers in (["1/2", "3", "0.5", None], ["0.5", None, "3", "1/2"]):
+        first = {}
+        ids = [None if a is None else first.setdefault("h" if a != "3" else "3", len(first)) for a in answers]
+        out = canonical_classes(answers, ids, key)
+        half, three = sorted(["0.5", "3"], key=_digest).index("0.5"), sorted(["0.5", "3"], key=_digest).index("3")
+        assert out == [None if a is None else (three if a == "3" else half) for a in answers]
 
 
 def test_metrics_by_hand():
@@ -63,7 +81,9 @@ def test_metrics_by_hand():
     assert m["accuracy/view0"] == pytest.approx(2 / 4) and m["accuracy/view1"] == pytest.approx(2 / 4)
     assert m["reward/view0"] == pytest.approx(3 / 6) and m["reward/view1"] == pytest.approx(2 / 6)
     assert m["answered/view0"] == pytest.approx(5 / 6) and m["answered/view1"] == pytest.approx(5 / 6)
-    assert m["view_agreement"] == pytest.approx(2 / 3)  # a: 1 & 1; b: 5 & 5 (tie -> first); c: 7 vs 9
+    # per-view majorities: a: 1 and (1 = 2 tied), b: 5 and (5 = 6 tied), c: (7 = 8 tied) and 9
+    tie = lambda *xs: min(xs, key=_digest)  # noqa: E731
+    assert m["view_agreement"] == pytest.approx(((tie("1", "2") == "1") + (tie("5", "6") == "5")) / 3)
     assert [p.label_correct for p in res.problems] == [(True, True), (False, False), (None, None)]
     assert res.answers[11] is None and res.rewards[11] == 0
     assert m["sharpness/view0"] == pytest.approx((1 + 0 + 1) / 3)  # a: c = n, b: c = n/2, c: c = 0

@@ -3,16 +3,17 @@
 `compute_batch` is the single-process computation (also used by `harmony vote`): it groups rows by
 their OWN problem id (the reference paired rows of the two views by position after reordering them
 independently, so most reframe rewards were checked against another problem's label), votes per
-problem, and returns a reward per row in input order plus metrics. Class ids number a problem's
-answers by first appearance, solver view first, then each view in `Record.index` order (else row
-order): the consensus tie-break (smallest id) thus picks the earliest sampled answer, which is the
-same for every parallel layout and, unlike an order of the strings themselves, favours no kind of
-answer. `Reducer` runs it on one rank: gather every rank's records there, compute, scatter each
-rank's rewards back in its local order.
+problem, and returns a reward per row in input order plus metrics. Labels and rewards are a pure
+function of each problem's answers: classes are numbered in a fixed order of their canonical
+strings (`canonical_classes`), which is what the consensus tie-break (smallest id) follows, so the
+row order, the number of ranks and the process never change a label. `Reducer` runs it on one
+rank: gather every rank's records there, compute, scatter each rank's results back in its local
+order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,14 +34,10 @@ class Record:
     ground_truth: str | None = None  # monitoring only (and the gt baseline)
     format_score: float | None = None  # reframe views: rewards.format_score(response), computed locally
     value: float | None = None  # intuitor/rent: response_mean(token_fn(logits)), computed locally
-    # Position of the response in the whole batch, the same whatever the parallel layout: a
-    # problem's answers are numbered (and consensus ties broken) in this order. None: arrival order.
-    index: int | None = None
 
     @classmethod
     def from_response(cls, problem_id: str | int, view: int, response: str, ground_truth: str | None = None,
-                      *, choices: int | None = None, markers: bool = True, value: float | None = None,
-                      index: int | None = None) -> Record:
+                      *, choices: int | None = None, markers: bool = True, value: float | None = None) -> Record:
         """A record from a response text, built on the rank that generated it.
 
         `choices`: number of options of a multiple-choice benchmark (the boxed letter is the
@@ -54,7 +51,7 @@ class Record:
         if choices is not None:
             answer = extract_choice(answer, choices)
         return cls(problem_id, view, answer, ground_truth,
-                   format_score(response) if view > 0 and markers else None, value, index)
+                   format_score(response) if view > 0 and markers else None, value)
 
 
 @dataclass
@@ -86,14 +83,38 @@ def _as_answer(a) -> str | None:
     return a if isinstance(a, str) or a is None else None
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=8).digest()
+
+
+def canonical_classes(answers: Sequence[str | None], classes: Sequence[int | None], key) -> list[int | None]:
+    """One problem's class ids renumbered in a fixed order of the classes' canonical strings.
+
+    A class's canonical string is the smallest `key(answer)` among its answers (the equivalence's
+    normal form), so the numbering depends on the set of answers only, not on their order. Classes
+    are ordered by a digest of that string, not by the string itself: a tie is then settled the
+    same way every time for the same answers, without favouring a kind of answer (as string
+    order would favour, e.g., negative numbers over positive ones).
+    """
+    canon: dict[int, str] = {}
+    for a, c in zip(answers, classes):
+        if c is not None:
+            k = key(a)
+            canon[c] = k if c not in canon else min(canon[c], k)
+    order = sorted(canon, key=lambda c: (_digest(canon[c]), canon[c]))
+    rank = {c: i for i, c in enumerate(order)}
+    return [None if c is None else rank[c] for c in classes]
+
+
 def _representative(answers: list[str | None], classes: list[int | None], label: int | None) -> int | None:
-    """Row index (into `answers`) of the most common answer string of class `label`."""
+    """Row index (into `answers`) of the most common answer string of class `label` (ties: the
+    smallest string, so the choice does not depend on row order)."""
     if label is None:
         return None
     members = [i for i, c in enumerate(classes) if c == label]
     counts = Counter(answers[i].strip() for i in members)
-    best = max(counts.values())
-    return next(i for i in members if counts[answers[i].strip()] == best)
+    best = min(counts, key=lambda a: (-counts[a], a))
+    return next(i for i in members if answers[i].strip() == best)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -107,9 +128,6 @@ def _group(records: Sequence[Record], K: int) -> tuple[list, list[list[list[int]
         if r.view >= K:
             raise ValueError(f"record {i} (problem {r.problem_id!r}) has view {r.view} but num_views={K}")
         groups.setdefault(r.problem_id, [[] for _ in range(K)])[r.view].append(i)
-    for views in groups.values():
-        for view in views:
-            view.sort(key=lambda i: (records[i].index is None, records[i].index or 0, i))
     gts: list[str | None] = []
     for p, views in groups.items():
         given = {records[i].ground_truth for view in views for i in view} - {None}
@@ -154,7 +172,8 @@ def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[
         return [list(xs[cuts[k]:cuts[k + 1]]) for k in range(K)]
 
     t0 = time.perf_counter()
-    classes = equivalence.classes_batch(texts)
+    key = getattr(equivalence, "key", None) or str.strip
+    classes = [canonical_classes(t, c, key) for t, c in zip(texts, equivalence.classes_batch(texts))]
     with_gt = [j for j, g in enumerate(gts) if g is not None]
     gt_classes = equivalence.classes_batch([[gts[j]] + texts[j] for j in with_gt])
     correct = {j: [g[0] is not None and c == g[0] for c in g[1:]] for j, g in zip(with_gt, gt_classes)}
@@ -225,7 +244,7 @@ def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[
 
 
 def _to_wire(r: Record) -> tuple:
-    return (r.problem_id, r.view, r.answer, r.ground_truth, r.format_score, r.value, r.index)
+    return (r.problem_id, r.view, r.answer, r.ground_truth, r.format_score, r.value)
 
 
 class Reducer:

@@ -7,7 +7,9 @@ response, parsable or not, so unparsable answers are mass on "no answer" (as in 
 Every strategy returns a `Vote`: a label per view (the same label for the joint strategies,
 one per view for `self` and `cross`), the score of each label and, per label, its count in each
 view. Selection: argmax score among candidates with a positive score; ties -> larger pooled count
--> smallest class id (class ids are canonical, so this is deterministic, never hash order).
+-> smallest class id. The reducer numbers a problem's classes in a fixed order of their answers
+(consensus/reducer.py, `canonical_classes`), so a label depends on the answers only: never on the
+row order, the number of ranks, or Python's hash order.
 Formulas: shared/ALGORITHM.md, "Consensus strategies".
 """
 
