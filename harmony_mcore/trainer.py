@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from harmony_mcore.algo.loss import grpo_advantages
+from harmony_mcore.algo.loss import shaped_advantages
 from harmony_mcore.algo.schedules import strategy_at
 from harmony_mcore.config import ConfigError, RunConfig
 from harmony_mcore.data.benchmarks import Problem
@@ -280,8 +280,9 @@ class Trainer:
             resp[i, P:P + len(r.response)] = 1
         return ids, attn, resp, P
 
-    def rewards(self, rollouts: list[Rollout], values: list[float | None], step: int) -> tuple[list[float], dict]:
-        """Rank-0 reducer over the batch (each rank hands in a share); rewards in rollout order on every rank."""
+    def rewards(self, rollouts: list[Rollout], values: list[float | None], step: int) -> tuple[list, list, dict]:
+        """Rank-0 reducer over the batch (each rank hands in a share); rewards and advantage offsets
+        (shaping) in rollout order on every rank."""
         from harmony_mcore.consensus.reducer import Record
 
         problems, mine = self.task.problems, list(range(self.rank, len(rollouts), self.world))
@@ -291,14 +292,14 @@ class Trainer:
             records.append(Record.from_response(p.id, r.view, r.text, p.answer,
                                                 choices=p.num_options if p.is_choice else None,
                                                 markers=self.task.markers, value=values[i]))
-        local_rewards, metrics = self.reducer(records, step)
+        local_rewards, local_shaping, metrics = self.reducer(records, step)
         parts: list = [None] * self.world
-        dist.all_gather_object(parts, list(zip(mine, local_rewards)), group=self.gloo)
-        rewards = [0.0] * len(rollouts)
+        dist.all_gather_object(parts, list(zip(mine, local_rewards, local_shaping)), group=self.gloo)
+        rewards, shaping = [0.0] * len(rollouts), [0.0] * len(rollouts)
         for part in parts:
-            for i, value in part:
-                rewards[i] = value
-        return rewards, metrics
+            for i, value, offset in part:
+                rewards[i], shaping[i] = value, offset
+        return rewards, shaping, metrics
 
     def step(self, step: int) -> dict[str, Any]:
         from harmony_mcore.policy import ViewBatch
@@ -337,10 +338,11 @@ class Trainer:
                         values[i] = -mean if cfg.algorithm.reward == "rent" else mean
 
         with timer("reward"):
-            rewards, reward_metrics = self.rewards(rollouts, values, step)
+            rewards, shaping, reward_metrics = self.rewards(rollouts, values, step)
             row_of = {row: g for g, row in enumerate(rows)}  # GRPO groups: one per (view, problem)
             group = torch.tensor([row_of[(r.view, r.problem)] for r in rollouts])
-            adv = grpo_advantages(torch.tensor(rewards), group, normalize_std=cfg.algorithm.normalize_adv_std)
+            adv = shaped_advantages(torch.tensor(rewards), group, torch.tensor(shaping),
+                                    normalize_std=cfg.algorithm.normalize_adv_std)
 
         with timer("update"):
             views = [ViewBatch(*tensors[v], old_logp=old[v], advantages=adv[idx], ref_logp=ref[v],

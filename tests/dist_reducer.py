@@ -41,10 +41,12 @@ def check(records, algo, rank, world, empty_rank=None):
     (labels depend on the answers only, so the layout must not matter)."""
     lo, hi = shard(records, rank, world, empty_rank)
     red = Reducer(algo, equivalence=ExactClasses() if rank == 0 else None)
-    rewards, metrics = red(records[lo:hi], step=100)
+    rewards, shaping, metrics = red(records[lo:hi], step=100)
     want = expected(records[::-1], algo)
     want.rewards.reverse()
+    want.shaping.reverse()
     assert rewards == want.rewards[lo:hi], (rank, rewards, want.rewards[lo:hi])
+    assert shaping == want.shaping[lo:hi], (rank, shaping, want.shaping[lo:hi])
     for key, value in want.metrics.items():
         if not key.startswith("time/"):
             assert abs(metrics[key] - value) <= 1e-12 * max(1.0, abs(value)), (key, metrics[key], value)
@@ -62,7 +64,7 @@ def check_layout(rank, world, group):
     mine = list(range(rank, len(records), world))
     algo = AlgorithmConfig()
     red = Reducer(algo, group=group, equivalence=ExactClasses() if rank == 0 else None)
-    rewards, metrics = red([records[i] for i in mine], step=100)
+    rewards, _, metrics = red([records[i] for i in mine], step=100)
     want = expected(records, algo)
     assert rewards == [want.rewards[i] for i in mine], rank
     assert metrics["coverage"] == want.metrics["coverage"]
@@ -130,7 +132,7 @@ def main():
 
     eq = Equivalence("math", timeout_s=1.0, workers=1) if rank == 0 else None
     hostile = [Record("h", rank % 2, a) for a in ("12", "(10^{10})!", "9" * 100_000, "\\frac{24}{2}")]
-    rewards, metrics = Reducer(AlgorithmConfig(), equivalence=eq)(hostile, step=0)
+    rewards, _, metrics = Reducer(AlgorithmConfig(), equivalence=eq)(hostile, step=0)
     # label 12 (= 24/2) in both views; half of each view matches it, so the sharpness penalty is 0
     assert rewards == [1.0, 0.0, 0.0, 1.0], rewards
     incidents = ("timeouts", "failures", "rejected_too_long", "rejected_huge")

@@ -98,7 +98,8 @@ def test_per_view_strategy_labels_and_reward_options():
     assert off.rewards[3:] == [0, 0, 0]
     fmt = _batch([Record("a", 0, "1"), Record("a", 1, "1", format_score=0.5)],
                  options=RewardOptions(format_penalty=0.2))
-    assert fmt.rewards == [1, pytest.approx(0.9)] and fmt.metrics["format_score/view1"] == 0.5
+    assert fmt.rewards == [1, 1] and fmt.shaping == [0, pytest.approx(-0.1)]
+    assert fmt.metrics["format_score/view1"] == 0.5
 
 
 def test_gt_and_value_rewards_through_the_batch():

@@ -5,11 +5,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harmony_mcore.algo.loss import grpo_advantages
+from harmony_mcore.algo.loss import grpo_advantages, shaped_advantages
 from harmony_mcore.config import AlgorithmConfig, ConfigError
 from harmony_mcore.consensus.strategies import get_strategy
 from harmony_mcore.rewards import (
-    REWARDS, ProblemRollouts, RewardOptions, format_score, get_reward, problem_rewards, response_mean,
+    REWARDS, ProblemRollouts, RewardOptions, format_score, get_reward, problem_rewards, problem_shaping, response_mean,
     sharpness_penalty, soft_rank_rewards, token_entropy, view_has_policy_gradient,
 )
 
@@ -50,6 +50,16 @@ def test_soft_rank_reward_reference_example():
     assert out[0] == [1, 1, 1, 0] and out[1] == pytest.approx(r)
 
 
+def test_soft_rank_reward_is_zero_when_the_solver_view_has_no_answer():
+    """The reference gives every reframe response 0 then; ranking the reframe answers among
+    themselves would give [1, 1, 6/7, 5/7]."""
+    views = [[None, None, None], [0, 0, 1, 2]]
+    assert soft_rank_rewards(views, views[1]) == [0.0] * 4
+    p = ProblemRollouts(classes=views)
+    out = problem_rewards(p, get_strategy("harmonic-mean")(views), PL, RewardOptions(soft_reframe_reward=True))
+    assert out == [[0, 0, 0], [0, 0, 0, 0]]
+
+
 @pytest.mark.parametrize("text,f", [
     ("STRATEGY: Reverse\nREWRITTEN PROBLEM: Start from 12 and undo.\nSOLUTION: 12/3 = 4, so \\boxed{4}", 1.0),
     ("**STRATEGY:** Concretize\n**REWRITTEN PROBLEM:** Ann has 3 apples...\n**SOLUTION:** \\boxed{3}", 1.0),
@@ -65,14 +75,49 @@ def test_format_score(text, f):
     assert format_score(text) == pytest.approx(f)
 
 
-def test_format_penalty_applies_to_reframe_views_only():
+def test_format_penalty_is_an_advantage_offset_on_reframe_views_only():
     p = ProblemRollouts(classes=[[0, 0], [0, 1]], format_scores=[[0.0, 0.0], [1 / 3, 1.0]])
-    r = problem_rewards(p, get_strategy("harmonic-mean")(p.classes), PL, RewardOptions(format_penalty=0.3))
-    assert r[0] == [1, 1] and r[1] == pytest.approx([1 - 0.3 * 2 / 3, 0.0])
+    vote = get_strategy("harmonic-mean")(p.classes)
+    assert problem_rewards(p, vote, PL, RewardOptions(format_penalty=0.3)) == [[1, 1], [1, 0]]
+    assert problem_shaping(p, PL, RewardOptions(format_penalty=0.3)) == [[0, 0], [pytest.approx(-0.2), 0.0]]
+    assert problem_shaping(p, PL, RewardOptions(format_penalty=0.3, reframe_reward=False)) == [[0, 0], [0, 0]]
     # baselines stay unshaped
-    gt = ProblemRollouts(classes=p.classes, gt_correct=[[True, False], [True, True]], format_scores=p.format_scores)
-    assert problem_rewards(gt, get_strategy("harmonic-mean")(p.classes), get_reward("gt"),
-                           RewardOptions(format_penalty=0.3)) == [[1, 0], [1, 1]]
+    assert problem_shaping(p, get_reward("gt"), RewardOptions(format_penalty=0.3)) == [[0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("case", ["all right", "all wrong", "no label"])
+def test_format_penalty_cannot_masquerade_as_correctness(case):
+    """A reframe group of 16 whose correctness is constant: 12 responses with all three markers
+    (f = 1) and 4 without STRATEGY (f = 2/3), penalty 0.1. The label comes from the solver view
+    (ttrl), so the reframe view can be all right, all wrong, or have no label at all."""
+    solver = [None] * 16 if case == "no label" else [0] * 16
+    reframe = [1] * 16 if case == "all wrong" else [0] * 16
+    f = [1.0] * 12 + [2 / 3] * 4
+    p = ProblemRollouts(classes=[solver, reframe], format_scores=[[None] * 16, f])
+    opts = RewardOptions(format_penalty=0.1)
+    r = problem_rewards(p, get_strategy("ttrl")(p.classes), PL, opts)[1]
+    assert len(set(r)) == 1  # constant correctness
+    group = torch.zeros(16, dtype=torch.long)
+    adv = shaped_advantages(torch.tensor(r), group, torch.tensor(problem_shaping(p, PL, opts)[1]))
+    assert adv[:12].abs().max() < 1e-5 and adv[12:] == pytest.approx([-0.1 / 3] * 4, abs=1e-5)
+    assert adv.abs().max() <= 0.1  # bounded by the coefficient
+    # what the same penalty did when added to the rewards: a full-size advantage (the issue's numbers)
+    old = grpo_advantages(torch.tensor(r) - 0.1 * (1 - torch.tensor(f)), group)
+    assert old[:12] == pytest.approx([0.559] * 12, abs=1e-3) and old[12:] == pytest.approx([-1.677] * 4, abs=1e-3)
+
+
+def test_a_correctness_split_keeps_full_size_advantages_under_the_format_penalty():
+    f = [1.0] * 12 + [2 / 3] * 4
+    for right in (12, 8, 4):
+        reframe = [0] * right + [1] * (16 - right)
+        p = ProblemRollouts(classes=[[0] * 16, reframe], format_scores=[[None] * 16, f])
+        opts = RewardOptions(format_penalty=0.1)
+        r = torch.tensor(problem_rewards(p, get_strategy("ttrl")(p.classes), PL, opts)[1])
+        group = torch.zeros(16, dtype=torch.long)
+        plain = grpo_advantages(r, group)
+        adv = shaped_advantages(r, group, torch.tensor(problem_shaping(p, PL, opts)[1]))
+        assert plain.abs().min() > 0.55  # a real split: every advantage is full-size
+        assert (adv - plain).abs().max() <= 0.1 + 1e-6 and torch.equal(adv > 0, plain > 0)
 
 
 def test_sharpness_penalty_values():

@@ -20,7 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from harmony_mcore.consensus.strategies import Views, Vote, get_strategy, strategy_from_config
-from harmony_mcore.rewards import ProblemRollouts, RewardOptions, RewardSource, get_reward, problem_rewards
+from harmony_mcore.rewards import (
+    ProblemRollouts, RewardOptions, RewardSource, get_reward, problem_rewards, problem_shaping,
+)
 from harmony_mcore.rewards.sources import sharpness_per_view
 
 
@@ -66,6 +68,7 @@ class ProblemResult:
 @dataclass
 class BatchResult:
     rewards: list[float]  # one per input record, in input order
+    shaping: list[float]  # advantage offset per record (format penalty), added after GRPO normalisation
     answers: list[str | None]  # the answer each reward was computed from (malformed -> None)
     problems: list[ProblemResult]  # in order of first appearance
     metrics: dict[str, float] = field(default_factory=dict)
@@ -192,6 +195,7 @@ def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[
     t3 = time.perf_counter()
 
     rewards = [0.0] * len(records)
+    shaping = [0.0] * len(records)
     problems: list[ProblemResult] = []
     m: dict[str, list[float]] = {}
 
@@ -208,8 +212,9 @@ def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[
             format_scores=by_view(j, [records[i].format_score for i in rs]) if has_format else None,
             values=by_view(j, [records[i].value for i in rs]) if has_value else None)
         flat = [x for view in problem_rewards(rollouts, reward_votes[j], source, options) for x in view]
-        for i, r in zip(rs, flat):
-            rewards[i] = r
+        offsets = [x for view in problem_shaping(rollouts, source, options) for x in view]
+        for i, r, o in zip(rs, flat, offsets):
+            rewards[i], shaping[i] = r, o
         label_correct = tuple(None if ok is None else (rep is not None and ok[rep]) for rep in reps[j])
         problems.append(ProblemResult(p, vote, tuple(None if rep is None else texts[j][rep].strip()
                                                       for rep in reps[j]), gts[j], label_correct))
@@ -240,7 +245,7 @@ def compute_batch(records: Sequence[Record], *, equivalence, strategy: Callable[
     metrics.update({f"equivalence/{k}": v for k, v in _stats(equivalence).items()})
     if reward_equivalence is not None and reward_equivalence is not equivalence:
         metrics.update({f"reward_equivalence/{k}": v for k, v in _stats(reward_equivalence).items()})
-    return BatchResult(rewards, answers, problems, metrics)
+    return BatchResult(rewards, shaping, answers, problems, metrics)
 
 
 def _to_wire(r: Record) -> tuple:
@@ -300,8 +305,9 @@ class Reducer:
                              reward=self.algo.reward, options=self.options, num_views=self.num_views,
                              reward_equivalence=self.reward_equivalence)
 
-    def __call__(self, records: Sequence[Record], step: int) -> tuple[list[float], dict[str, float]]:
-        """Rewards for this rank's records (in their order) and the batch metrics (on every rank)."""
+    def __call__(self, records: Sequence[Record], step: int) -> tuple[list[float], list[float], dict[str, float]]:
+        """Rewards and advantage offsets (BatchResult.shaping) for this rank's records, in their
+        order, and the batch metrics (on every rank)."""
         import torch.distributed as dist
 
         rank, world = dist.get_rank(self.group), dist.get_world_size(self.group)
@@ -317,7 +323,8 @@ class Reducer:
                 metrics = {**result.metrics, "time/gather_s": t1 - t0}
                 out, start = [], 0
                 for part in gathered:
-                    out.append(("ok", result.rewards[start:start + len(part)], metrics))
+                    out.append(("ok", (result.rewards[start:start + len(part)],
+                                       result.shaping[start:start + len(part)]), metrics))
                     start += len(part)
             except Exception as e:  # noqa: BLE001 - every rank must learn about it, not only this one
                 out = [("error", f"{type(e).__name__}: {e}", None)] * world
@@ -326,4 +333,5 @@ class Reducer:
         status, payload, metrics = received[0]
         if status == "error":
             raise RuntimeError(f"consensus reducer failed on rank {root}: {payload}")
-        return payload, {**metrics, "time/reduce_s": time.perf_counter() - t0}
+        rewards, shaping = payload
+        return rewards, shaping, {**metrics, "time/reduce_s": time.perf_counter() - t0}

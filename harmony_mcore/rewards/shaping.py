@@ -1,7 +1,11 @@
-"""Reward shaping terms: the reframe-view format penalty and the sharpness objective.
+"""Shaping terms: the reframe-view format penalty and the sharpness objective.
 
 Both come from the reference code, which defines them but never applies them
-(shared/reference/self_harmony_reference.md §4.5); ALGORITHM.md says how we apply them.
+(shared/reference/self_harmony_reference.md §4.5). A shaping term must never weigh like a
+correctness flip: the format penalty is added to the normalised advantage (algo/loss.py,
+`shaped_advantages`), where it moves a response's advantage by at most its coefficient; added to
+the reward, GRPO's std normalisation would blow it up to a full-size advantage in any group whose
+correctness is constant. The sharpness term is a per-group constant, which the normalisation cancels.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ def format_score(response: str) -> float:
     return sum(present) / len(MARKERS)
 
 
-def format_penalty(reward: float, f: float, coef: float) -> float:
-    """r <- r - c (1 - f)."""
-    return reward - coef * (1.0 - f)
+def format_penalty(f: float, coef: float) -> float:
+    """-c (1 - f): the offset added to a reframe response's normalised advantage."""
+    return -coef * (1.0 - f)
 
 
 def sharpness_penalty(matches: int, n: int) -> float:

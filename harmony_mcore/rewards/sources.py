@@ -73,8 +73,12 @@ def soft_rank_rewards(views: list[list[int | None]], classes: list[int | None], 
     Candidates are every answer class of the problem, ranked by their K-view harmonic-mean score
     (ties as in the consensus: larger pooled count, then smaller id), so rank 0 is the harmonic-mean
     label when there is one. As in the reference, answers seen in one view only are ranked too
-    (after every answer seen in all views).
+    (after every answer seen in all views), except when the solver view has no answer at all:
+    then every response gets 0, as in the reference (its score divides by the solver view's number
+    of answers, so nothing is ranked).
     """
+    if all(c is None for c in views[0]):
+        return [0.0] * len(classes)
     tallies = [Counter(c for c in v if c is not None) for v in views]
     pooled = sum(tallies, Counter())
     score = {a: harmonic_score([t[a] / len(v) if v else 0.0 for t, v in zip(tallies, views)]) for a in pooled}
@@ -130,20 +134,22 @@ def sharpness_per_view(p: ProblemRollouts, vote: Vote) -> list[float]:
 
 
 def problem_rewards(p: ProblemRollouts, vote: Vote, source: RewardSource, opts: RewardOptions) -> PerView:
-    """Rewards of one problem's responses: the source, then (pseudo-label only) the shaping terms.
-
-    Format penalty: reframe views with a format score, r <- r - c_f (1 - f). Sharpness: every
-    response of a (view, problem) group gets r <- r - c_s * penalty, a per-group constant.
-    """
+    """Rewards of one problem's responses: the source, then (pseudo-label only) the sharpness term,
+    r <- r - c_s * penalty for every response of a (view, problem) group (a per-group constant)."""
     rewards = source.fn(p, vote, opts)
-    if not source.shaped:
-        return rewards
-    if opts.format_penalty and opts.reframe_reward and p.format_scores is not None:
-        for v in range(1, len(rewards)):
-            rewards[v] = [r if f is None else format_penalty(r, f, opts.format_penalty)
-                          for r, f in zip(rewards[v], p.format_scores[v])]
-    if opts.sharpness_coef:
+    if source.shaped and opts.sharpness_coef:
         for v, pen in enumerate(sharpness_per_view(p, vote)):
             if v == 0 or opts.reframe_reward:
                 rewards[v] = [r - opts.sharpness_coef * pen for r in rewards[v]]
     return rewards
+
+
+def problem_shaping(p: ProblemRollouts, source: RewardSource, opts: RewardOptions) -> PerView:
+    """Advantage offsets of one problem's responses (added after GRPO normalisation): the format
+    penalty -c_f (1 - f) on reframe responses with a format score (pseudo-label reward, reframe
+    reward on), 0 elsewhere."""
+    out = [[0.0] * len(view) for view in p.classes]
+    if source.shaped and opts.format_penalty and opts.reframe_reward and p.format_scores is not None:
+        for v in range(1, len(out)):
+            out[v] = [0.0 if f is None else format_penalty(f, opts.format_penalty) for f in p.format_scores[v]]
+    return out
