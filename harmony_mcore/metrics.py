@@ -196,18 +196,36 @@ def eval_key(history: list[dict]) -> str | None:
 
 
 def summarise(history: list[dict]) -> dict[str, Any]:
-    """Accuracy before/after (eval avg@n, math scorer) and the last step's main numbers."""
+    """Eval accuracy (avg@n, math scorer) before training, at the last step and the best over the
+    validations during training (the reference's protocol reports both), and the mean and last
+    pseudo-label accuracy."""
     out: dict[str, Any] = {"steps": max((int(r.get("step", 0)) for r in history), default=0)}
     key = eval_key(history)
     if key:
         evals = [(r["step"], r[key]) for r in history if key in r]
-        out.update({"eval_metric": key, "accuracy_before": evals[0][1], "accuracy_after": evals[-1][1],
+        out.update({"eval_metric": key, "accuracy_before": evals[0][1], "accuracy_last_step": evals[-1][1],
                     "eval_steps": [s for s, _ in evals], "eval_curve": [v for _, v in evals]})
+        during = [(v, s) for s, v in evals if s > 0]
+        if during:
+            best, step = max(during, key=lambda e: (e[0], -e[1]))  # the earliest of equal bests
+            out.update({"accuracy_best_validation": best, "best_validation_step": step})
     labels = [r["reward/label_accuracy"] for r in history if "reward/label_accuracy" in r]
     if labels:
         out["label_accuracy_mean"] = sum(labels) / len(labels)
         out["label_accuracy_last"] = labels[-1]
     return out
+
+
+def report_line(summary: dict[str, Any]) -> str | None:
+    """The end-of-run line: accuracy before, at the last step and best over validation, labelled."""
+    if "accuracy_before" not in summary:
+        return None
+    line = f"accuracy before {summary['accuracy_before']:.3f} -> last step {summary['accuracy_last_step']:.3f}"
+    if "accuracy_best_validation" in summary:
+        line += (f", best validation {summary['accuracy_best_validation']:.3f} "
+                 f"(step {summary['best_validation_step']})")
+    return (line + f" ({summary['eval_metric']}); mean pseudo-label accuracy "
+            f"{summary.get('label_accuracy_mean', float('nan')):.3f}")
 
 
 def plot_report(history: list[dict], path: Path) -> None:

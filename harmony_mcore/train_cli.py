@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(cfg))
             return 0
         if inside_launcher():
+            from harmony_mcore.metrics import report_line
             from harmony_mcore.trainer import train
 
             summary = train(cfg)
-            if int(os.environ["RANK"]) == 0 and "accuracy_before" in summary:
-                print(f"[harmony] accuracy before {summary['accuracy_before']:.3f} -> after "
-                      f"{summary['accuracy_after']:.3f} ({summary['eval_metric']}); mean pseudo-label accuracy "
-                      f"{summary.get('label_accuracy_mean', float('nan')):.3f}", flush=True)
+            line = report_line(summary)
+            if int(os.environ["RANK"]) == 0 and line:
+                print(f"[harmony] {line}", flush=True)
             return 0
         from harmony_mcore.preflight import preflight
         from harmony_mcore.trainer import resolve_model

@@ -76,7 +76,7 @@ def test_train_end_to_end_kill_and_resume(tmp_path):
     assert evals == [0, STEPS]
     assert (ref_out / "report.png").stat().st_size > 0
     summary = json.loads((ref_out / "summary.json").read_text())
-    assert summary["steps"] == STEPS and "accuracy_after" in summary
+    assert summary["steps"] == STEPS and "accuracy_last_step" in summary
     ckpts = sorted(p.name for p in (ref_out / "checkpoints").glob("step_*"))
     assert ckpts == ["step_0000002", "step_0000004"]  # keep_last=2
     assert (ref_out / "checkpoints" / "step_0000004" / "model" / "metadata.json").is_file()
