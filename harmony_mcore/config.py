@@ -95,8 +95,9 @@ class ConsensusConfig:
     strategy: str = "harmonic-mean"
     warmup_strategy: str | None = "harmonic-mean"
     warmup_steps: int = 20
-    match: str = "math"  # math | normalized | exact: equivalence used for voting
-    reward_match: str | None = None  # equivalence used for rewards (None = same as match; the reference's is looser)
+    match: str = "math"  # math | normalized | moderate | exact: equivalence used for voting
+    # equivalence used for rewards (None = same as match); the reference votes exact, rewards moderate
+    reward_match: str | None = None
     power_k: float | None = None  # power-mean exponent k
     power_lambda: float | None = None  # or lambda, with k = 1 - lambda
     pi: float = 0.5  # weighted-invariant
@@ -113,8 +114,8 @@ class ConsensusConfig:
                f"consensus.warmup_strategy={self.warmup_strategy!r}: use one of {names}, or null for no warmup")
         for key in ("match", "reward_match"):
             value = getattr(self, key)
-            _check(value in ("math", "normalized", "exact") or (key == "reward_match" and value is None),
-                   f"consensus.{key}={value!r}: use math, normalized or exact")
+            _check(value in ("math", "normalized", "moderate", "exact") or (key == "reward_match" and value is None),
+                   f"consensus.{key}={value!r}: use math, normalized, moderate or exact")
         _check(not (self.power_k is not None and self.power_lambda is not None),
                "set only one of consensus.power_k and consensus.power_lambda")
         uses_power = "power-mean" in (self.strategy, self.warmup_strategy)
@@ -146,6 +147,8 @@ class AlgorithmConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
     warmup_ratio: float = 0.1
+    # lr of the first warmup step: null = lr / warmup_steps (ours); 0.0 = the reference's (verl) warmup
+    lr_warmup_init: float | None = None
     max_nonfinite_steps: int = 3  # consecutive skipped steps before the run stops
 
     def validate(self) -> None:
@@ -155,6 +158,8 @@ class AlgorithmConfig:
         _check(self.soft_top_k >= 1, "algorithm.soft_top_k must be >= 1")
         _check(self.format_penalty >= 0, "algorithm.format_penalty must be >= 0 (0 turns it off)")
         _check(self.lr > 0, "algorithm.lr must be > 0")
+        _check(self.lr_warmup_init is None or 0 <= self.lr_warmup_init <= self.lr,
+               "algorithm.lr_warmup_init must be in [0, algorithm.lr], or null for lr / warmup_steps")
         _check(0 <= self.clip_low < 1 and self.clip_high >= 0, "algorithm.clip_low must be in [0, 1), clip_high >= 0")
         _check(self.dual_clip is None or self.dual_clip > 1, "algorithm.dual_clip must be > 1 or null")
         _check(self.kl_coef >= 0, "algorithm.kl_coef must be >= 0")
@@ -165,6 +170,7 @@ class DataConfig:
     benchmark: str = "math500"  # a registered benchmark name, "toy-arith" (CPU default), or "file" with `path`
     path: str | None = None
     views: str = "reframe"  # reframe (dynamic reframe-and-solve) | static | solver-only
+    prompts: str = "harmony"  # harmony (ours) | reference (the reference code's, verbatim; data/prompts.py)
     num_views: int = 2  # K: solver + (K-1) reframe views
     problems_per_step: int = 128
     epochs: int = 100
@@ -174,6 +180,11 @@ class DataConfig:
     def validate(self) -> None:
         _check(self.views in ("reframe", "static", "solver-only"),
                f"data.views={self.views!r}: use reframe, static or solver-only")
+        _check(self.prompts in ("harmony", "reference"), f"data.prompts={self.prompts!r}: use harmony or reference")
+        _check(self.prompts != "reference" or self.views == "solver-only" or self.num_views == 2,
+               "data.prompts=reference has one Reframer prompt (no strategy nudges): set data.num_views=2")
+        _check(self.prompts != "reference" or self.benchmark != "toy-arith",
+               "data.prompts=reference does not apply to the toy task (its prompts are the toy's): use a benchmark")
         _check(self.num_views >= 1, "data.num_views must be >= 1")
         _check(self.problems_per_step >= 1, "data.problems_per_step must be >= 1")
         _check(self.epochs >= 1, "data.epochs must be >= 1")

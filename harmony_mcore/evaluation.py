@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harmony_mcore.data.benchmarks import BENCHMARKS, DataError, Problem, load_benchmark
-from harmony_mcore.data.prompts import build_prompts
+from harmony_mcore.data.prompts import build_prompts, solver_messages
 from harmony_mcore.estimators import maj_at_k, pass_at_k
 
 SCORERS = ("strict", "math")
@@ -39,6 +39,7 @@ class EvalSettings:
     limit: int | None = None
     match_timeout_s: float = 2.0
     match_workers: int = 2
+    prompts: str = "harmony"  # the solver prompt's set: harmony (ours) | reference (data/prompts.py)
 
     @property
     def samples(self) -> int:
@@ -155,7 +156,8 @@ def evaluate(engine: Any, tokenizer: Any, suites: dict[str, list[Problem]], sett
     try:
         for name, problems in suites.items():
             problems = problems[:settings.limit] if settings.limit else problems
-            prompts = build_prompts(problems, tokenizer, "solver-only", 1, settings.max_prompt_tokens)
+            prompts = build_prompts(problems, tokenizer, "solver-only", 1, settings.max_prompt_tokens,
+                                    settings.prompts)
             entry: dict[str, Any] = {"problems": len(prompts.problems), "samples": settings.samples,
                                      "overlong": [asdict(o) for o in prompts.overlong]}
             if prompts.overlong:
@@ -319,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tp", type=int, default=1, help="vLLM tensor parallel size")
     p.add_argument("--match-timeout", type=float, default=2.0, help="seconds per math-verify comparison")
     p.add_argument("--match-workers", type=int, default=2, help="math-verify worker processes")
+    p.add_argument("--prompts", default="harmony", choices=["harmony", "reference"],
+                   help="solver prompt: ours, or the reference code's (as the `reference` training preset)")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
@@ -328,13 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, greedy=args.greedy,
                             max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, seed=args.seed,
                             limit=args.limit, match_timeout_s=args.match_timeout,
-                            match_workers=args.match_workers)
+                            match_workers=args.match_workers, prompts=args.prompts)
     try:
         if settings.n < 1 or settings.max_tokens < 1 or (args.limit is not None and args.limit < 1):
             raise DataError("--n, --max-tokens and --limit must be >= 1")
         paths = _parse_paths(args.path)
         names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
         suites = {name: load_benchmark(name, paths.get(name), settings.limit) for name in names}
+        for problem in (p for problems in suites.values() for p in problems):
+            solver_messages(problem, prompts=settings.prompts)  # a prompt set that does not fit fails here
         model = hf_model_dir(args.model, args.out, args.hf_config)
         engine, tokenizer = load_engine(model, args.engine, args.dtype, tp=args.tp,
                                         max_model_len=args.max_prompt_tokens + args.max_tokens, seed=args.seed)

@@ -357,7 +357,8 @@ class Policy:
             self._run(self.model, packed, mbs, loss_fn, forward_only=False)
         finalize_model_grads(self.model)
 
-        lr = lr_at(step, base_lr=a.lr, total_steps=self.total_steps, warmup_ratio=a.warmup_ratio)
+        lr = lr_at(step, base_lr=a.lr, total_steps=self.total_steps, warmup_ratio=a.warmup_ratio,
+                   warmup_init=a.lr_warmup_init)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         grad_norm, skipped = self._update()

@@ -121,7 +121,7 @@ def build_task(cfg: RunConfig, tokenizer, log=print) -> Task:
     from harmony_mcore.data.prompts import build_prompts
 
     problems = load_benchmark(cfg.data.benchmark, cfg.data.path, cfg.data.limit)
-    ps = build_prompts(problems, tokenizer, cfg.data.views, K, cfg.rollout.max_prompt_tokens)
+    ps = build_prompts(problems, tokenizer, cfg.data.views, K, cfg.rollout.max_prompt_tokens, cfg.data.prompts)
     if ps.overlong:
         log(ps.report())
     if not ps.problems:
@@ -379,7 +379,7 @@ class Trainer:
 
         cfg = self.cfg
         settings = replace(settings_from_config(cfg.eval, cfg.rollout, cfg.algorithm.consensus),
-                           seed=step_seed(cfg.seed, step, "eval"))
+                           seed=step_seed(cfg.seed, step, "eval"), prompts=cfg.data.prompts)
         self.exporter.sync(self.engine)
         shared = SimpleNamespace(generate=self.generate_shared)  # the engine protocol's generate, split
         report = evaluate(shared, self.tokenizer, eval_suites(cfg.eval, cfg.data), settings)

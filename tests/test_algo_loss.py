@@ -59,5 +59,9 @@ def test_lr_schedule_and_strategy_switch():
     lrs = [lr_at(s, base_lr=1.0, total_steps=100) for s in range(100)]
     assert lrs[0] == 0.1 and lrs[9] == 1.0 and abs(lrs[10] - 1.0) < 1e-12
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
+    # the reference's warmup (verl's cosine schedule with warmup, lr_warmup_init=0): the first update has lr 0
+    ref = [lr_at(s, base_lr=3e-6, total_steps=300, warmup_init=0.0) for s in range(300)]
+    verl = [3e-6 * (s / 30 if s < 30 else 0.5 * (1 + math.cos(math.pi * (s - 30) / 270))) for s in range(300)]
+    assert ref[0] == 0.0 and all(abs(a - b) <= 1e-18 for a, b in zip(ref, verl))
     assert strategy_at(19, strategy="majority", warmup_strategy="harmonic-mean", warmup_steps=20) == "harmonic-mean"
     assert strategy_at(20, strategy="majority", warmup_strategy="harmonic-mean", warmup_steps=20) == "majority"

@@ -47,11 +47,49 @@ def test_layouts_for_8b():
     assert (four.parallel.tp, four.parallel.pp) == (2, 2)
 
 
-def test_reference_preset_reproduces_the_reference_path():
-    cfg = load_config("reference")
-    c = cfg.algorithm.consensus
-    assert (c.match, c.reward_match) == ("exact", "math")
-    assert cfg.algorithm.format_penalty == 0 and cfg.algorithm.sharpness_coef == 0
+def test_reference_preset_resolves_to_the_reference_protocol(capsys):
+    """`harmony train reference --print-config`, read back: every item of the reference's protocol
+    (self_harmony_reference.md), and its prompts are the shipped data file's, verbatim."""
+    import json
+
+    import yaml
+
+    from harmony_mcore.data.benchmarks import FILES, Problem
+    from harmony_mcore.data.prompts import view_messages
+    from harmony_mcore.train_cli import main
+
+    assert main(["reference", "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    a, c = cfg["algorithm"], cfg["algorithm"]["consensus"]
+    assert (c["strategy"], c["warmup_strategy"], c["warmup_steps"]) == ("harmonic-mean", "harmonic-mean", 20)
+    assert (c["match"], c["reward_match"]) == ("exact", "moderate")  # exact votes, "moderate" rewards
+    assert (a["format_penalty"], a["sharpness_coef"], a["soft_reframe_reward"], a["reframe_reward"]) == (0, 0, False, True)
+    assert (a["lr"], a["warmup_ratio"], a["lr_warmup_init"]) == (3e-6, 0.1, 0.0)  # first update at lr 0
+    assert (a["kl_coef"], a["clip_low"], a["clip_high"], a["dual_clip"]) == (0.005, 0.2, 0.2, 3.0)
+    assert cfg["eval"]["every"] == 10 and cfg["eval"]["greedy"] is True
+    assert cfg["data"]["prompts"] == "reference" and cfg["data"]["num_views"] == 2
+    assert (cfg["data"]["problems_per_step"], cfg["data"]["epochs"], cfg["data"]["seed"]) == (128, 100, 1)
+    r = cfg["rollout"]
+    assert (r["n"], r["temperature"], r["top_p"], r["max_prompt_tokens"], r["max_response_tokens"]) == (
+        16, 1.0, 1.0, 1024, 3072)
+
+    shipped = json.loads((FILES / "reference_prompts.json").read_text(encoding="utf-8"))
+    problem = Problem("1", "What is 1+1?", "2", "math500")
+    solver, reframe = view_messages(problem, "reframe", 2, cfg["data"]["prompts"])
+    assert solver == [{"role": "system", "content": shipped["solver_system"]},
+                      {"role": "user", "content": "What is 1+1?"}]
+    assert reframe == [{"role": "system", "content": shipped["reframer_system"]},
+                       {"role": "user", "content": "What is 1+1?"}]
+    # the paper presets keep our own prompts
+    ours = view_messages(problem, "reframe", 2, load_config("qwen3-4b-math500").data.prompts)
+    assert ours[0][0]["content"] != shipped["solver_system"] and ours[1][0]["content"] != shipped["reframer_system"]
+
+
+def test_paper_presets_validate_every_10_steps_without_the_format_penalty():
+    for name in presets():
+        if "math500" in name:
+            cfg = load_config(name)
+            assert cfg.eval.every == 10 and cfg.algorithm.format_penalty == 0, name
 
 
 def test_baseline_switch_sets_solver_only_views():

@@ -32,8 +32,11 @@ def test_shipped_files_match_sources_checksums():
     table = (FILES / "SOURCES.md").read_text()
     rows = re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{64}) \|$", table, flags=re.M)
     assert len(rows) == 10
+    prompts = re.search(r"^## reference_prompts\.json.*?sha256 of the file: ([0-9a-f]{64})", table, flags=re.M | re.S)
+    rows.append(("reference_prompts.json", prompts.group(1)))
     for name, digest in rows:
         assert hashlib.sha256((FILES / name).read_bytes()).hexdigest() == digest, name
+    assert sorted(name for name, _ in rows) == sorted(p.name for p in FILES.iterdir() if p.name != "SOURCES.md")
 
 
 def test_per_source_normalisation_on_real_rows():

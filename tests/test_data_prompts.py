@@ -35,6 +35,24 @@ def test_solver_and_reframe_views():
     assert positions == sorted(positions)  # markers requested in order
 
 
+def test_reference_prompt_set_errors_name_the_fix():
+    from harmony_mcore.config import DataConfig
+
+    with pytest.raises(DataError, match="multiple choice.*data.prompts=harmony"):
+        view_messages(MC, "reframe", 2, "reference")
+    with pytest.raises(DataError, match="data.num_views=2"):
+        view_messages(MATH, "reframe", 3, "reference")
+    with pytest.raises(DataError, match="use one of harmony, reference"):
+        view_messages(MATH, "reframe", 2, "paper")
+    with pytest.raises(ValueError, match="data.num_views=2"):
+        DataConfig(prompts="reference", num_views=3).validate()
+    with pytest.raises(ValueError, match="data.prompts='paper': use harmony or reference"):
+        DataConfig(prompts="paper").validate()
+    # static reframes with the reference's solver prompt on the reframed question
+    static = Problem(id="s", question="q", answer="1", source="t", reframed="q'")
+    assert view_messages(static, "static", 2, "reference")[1][1]["content"] == "q'"
+
+
 def test_k_views_are_nudged_to_distinct_strategies():
     views = view_messages(MATH, "reframe", 5)
     assert len(views) == 5

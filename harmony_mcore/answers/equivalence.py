@@ -40,9 +40,10 @@ from fractions import Fraction
 from multiprocessing.connection import wait
 
 from harmony_mcore.answers import _mv_worker as W
+from harmony_mcore.answers.moderate import moderate_key
 from harmony_mcore.answers.numeric import distinct, fingerprint
 
-MODES = ("math", "normalized", "exact")
+MODES = ("math", "normalized", "moderate", "exact")
 
 # ---------------------------------------------------------------------------------------
 # Normalisation (pure, cheap, linear-time regexes)
@@ -412,7 +413,7 @@ def _numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool:
 
 
 class Equivalence:
-    """Equivalence classes of answers under `mode` ("math" | "normalized" | "exact").
+    """Equivalence classes of answers under `mode` ("math" | "normalized" | "moderate" | "exact").
 
     `math` mode starts worker processes lazily (first call that needs math-verify); call
     `close()` or use it as a context manager. Not thread-safe: use one per thread.
@@ -446,6 +447,8 @@ class Equivalence:
             return None
         if self.mode == "exact" or len(s) > self.max_len:  # too long: its own class anyway
             return s
+        if self.mode == "moderate":  # the reference's reward equivalence (answers/moderate.py)
+            return moderate_key(_normalize_cached(s) or s)
         return _normalize_cached(s) or s
 
     # -- public API -------------------------------------------------------------------------

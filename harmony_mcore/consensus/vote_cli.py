@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="ROLLOUTS", help="rollouts JSONL")
     p.add_argument("--strategy", default="harmonic-mean", choices=list(STRATEGIES),
                    help="consensus strategy (default: harmonic-mean; see docs/consensus.md)")
-    p.add_argument("--match", default="math", choices=["math", "normalized", "exact"],
+    p.add_argument("--match", default="math", choices=["math", "normalized", "moderate", "exact"],
                    help="answer equivalence used for voting and rewards (default: math)")
     p.add_argument("--k", type=float, metavar="K", help="power-mean exponent (0 = geometric, -1 = harmonic)")
     p.add_argument("--lambda", dest="lam", type=float, metavar="L", help="power-mean lambda (k = 1 - lambda)")

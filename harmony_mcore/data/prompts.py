@@ -3,14 +3,22 @@
 View 0 is always the Solver. The other K-1 views are either reframe-and-solve views (the Reframer
 rewrites the problem with one strategy and solves its rewrite in the same generation) or, with
 static reframes, the Solver prompt on a reframing given in the data. Multiple-choice problems list
-their options and ask for the letter in \\boxed{}."""
+their options and ask for the letter in \\boxed{}.
+
+Two prompt sets: `harmony` (ours, below) and `reference`, the public Self-Harmony code's solver
+instruction and Reframer prompt, verbatim from files/reference_prompts.json (source and licence in
+files/SOURCES.md), for reproducing its numbers: the "Before RL" baseline depends on the exact prompt."""
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from harmony_mcore.data.benchmarks import LETTERS, DataError, Problem
+from harmony_mcore.data.benchmarks import FILES, LETTERS, DataError, Problem
+
+PROMPT_SETS = ("harmony", "reference")
 
 Messages = list[dict[str, str]]
 
@@ -66,6 +74,21 @@ def reframer_system(strategy: str | None = None, choice: bool = False) -> str:
                                    strategies=listing, answer_rule=_ANSWER_RULE_CHOICE if choice else _ANSWER_RULE)
 
 
+@functools.cache
+def reference_prompts() -> dict[str, str]:
+    """The reference code's system prompts {"solver": ..., "reframer": ...}, from the shipped file."""
+    data = json.loads((FILES / "reference_prompts.json").read_text(encoding="utf-8"))
+    return {"solver": data["solver_system"], "reframer": data["reframer_system"]}
+
+
+def _check_prompts(prompts: str, problem: Problem) -> None:
+    if prompts not in PROMPT_SETS:
+        raise DataError(f"prompts={prompts!r}: use one of {', '.join(PROMPT_SETS)}")
+    if prompts == "reference" and problem.is_choice:
+        raise DataError(f"problem {problem.id!r} is multiple choice: the reference's math prompts do not fit it "
+                        "(its MMLU-Pro prompt is not shipped); use data.prompts=harmony")
+
+
 def user_text(problem: Problem, question: str | None = None) -> str:
     """The user turn: the question, then one option per line ("A. ...") for multiple choice."""
     text = problem.question if question is None else question
@@ -74,22 +97,33 @@ def user_text(problem: Problem, question: str | None = None) -> str:
     return text
 
 
-def solver_messages(problem: Problem, question: str | None = None) -> Messages:
-    system = SOLVER_SYSTEM_CHOICE if problem.is_choice else SOLVER_SYSTEM
+def solver_messages(problem: Problem, question: str | None = None, prompts: str = "harmony") -> Messages:
+    _check_prompts(prompts, problem)
+    if prompts == "reference":
+        system = reference_prompts()["solver"]
+    else:
+        system = SOLVER_SYSTEM_CHOICE if problem.is_choice else SOLVER_SYSTEM
     return [{"role": "system", "content": system}, {"role": "user", "content": user_text(problem, question)}]
 
 
-def reframe_messages(problem: Problem, strategy: str | None = None) -> Messages:
-    return [{"role": "system", "content": reframer_system(strategy, problem.is_choice)},
-            {"role": "user", "content": user_text(problem)}]
+def reframe_messages(problem: Problem, strategy: str | None = None, prompts: str = "harmony") -> Messages:
+    _check_prompts(prompts, problem)
+    if prompts == "reference":
+        if strategy is not None:
+            raise DataError("the reference's Reframer prompt cannot be nudged to a strategy, so its reframe "
+                            "views would all be the same: use data.num_views=2 with data.prompts=reference")
+        system = reference_prompts()["reframer"]
+    else:
+        system = reframer_system(strategy, problem.is_choice)
+    return [{"role": "system", "content": system}, {"role": "user", "content": user_text(problem)}]
 
 
-def static_messages(problem: Problem) -> Messages:
+def static_messages(problem: Problem, prompts: str = "harmony") -> Messages:
     if not problem.reframed:
         raise DataError(f"problem {problem.id!r} of {problem.source!r} has no static reframing; use "
                         "data.views=reframe, or data that carries one (math-train-reframed, a `reframed` "
                         "column, or `harmony data reframe`)")
-    return solver_messages(problem, problem.reframed)
+    return solver_messages(problem, problem.reframed, prompts)
 
 
 def view_strategies(num_views: int) -> list[str | None]:
@@ -101,17 +135,20 @@ def view_strategies(num_views: int) -> list[str | None]:
     return [names[j % len(names)] for j in range(num_views - 1)]
 
 
-def view_messages(problem: Problem, views: str = "reframe", num_views: int = 2) -> list[Messages]:
-    """The K = num_views message lists of one problem: [solver, view 1, ..., view K-1]."""
+def view_messages(problem: Problem, views: str = "reframe", num_views: int = 2,
+                  prompts: str = "harmony") -> list[Messages]:
+    """The K = num_views message lists of one problem: [solver, view 1, ..., view K-1], in the
+    prompt set `prompts` (harmony | reference)."""
     if views not in ("reframe", "static", "solver-only"):
         raise DataError(f"views={views!r}: use reframe, static or solver-only")
     if views == "solver-only":
-        return [solver_messages(problem)] * num_views
+        return [solver_messages(problem, prompts=prompts)] * num_views
     if views == "static":
         if num_views != 2:
             raise DataError(f"data.views=static has one reframing per problem: set data.num_views=2 (got {num_views})")
-        return [solver_messages(problem), static_messages(problem)]
-    return [solver_messages(problem)] + [reframe_messages(problem, s) for s in view_strategies(num_views)]
+        return [solver_messages(problem, prompts=prompts), static_messages(problem, prompts)]
+    return [solver_messages(problem, prompts=prompts)] + [reframe_messages(problem, s, prompts)
+                                                          for s in view_strategies(num_views)]
 
 
 @dataclass(frozen=True)
@@ -185,14 +222,14 @@ class PromptSet:
 
 
 def build_prompts(problems: Sequence[Problem], tokenizer: Any, views: str = "reframe", num_views: int = 2,
-                  max_tokens: int | None = None) -> PromptSet:
+                  max_tokens: int | None = None, prompts: str = "harmony") -> PromptSet:
     """Tokenise every view of every problem. A problem with any view longer than `max_tokens` is
     left out of `problems`/`token_ids` and listed in `overlong` (the caller logs `report()`)."""
     kept: list[Problem] = []
     ids: list[list[list[int]]] = [[] for _ in range(num_views)]
     overlong: list[Overlong] = []
     for problem in problems:
-        encoded = [encode(tokenizer, m) for m in view_messages(problem, views, num_views)]
+        encoded = [encode(tokenizer, m) for m in view_messages(problem, views, num_views, prompts)]
         too_long = [Overlong(problem.id, v, len(e)) for v, e in enumerate(encoded)
                     if max_tokens is not None and len(e) > max_tokens]
         if too_long:
