@@ -55,7 +55,7 @@ def main() -> None:
 
     ours = timed(lambda: reducer(records, step=0), args.repeats)
     base = timed(baseline, args.repeats)
-    _, metrics = reducer(records, step=0)
+    _, _, metrics = reducer(records, step=0)
     if rank == 0:
         n = len(records) * world
         size = len(pickle.dumps([_to_wire(r) for r in records])) * world
