@@ -125,7 +125,7 @@ def parse(layout: str) -> ParallelConfig:
     tp, rest = layout.split("x")
     pp, _, vpp = rest.partition("v")
     return ParallelConfig(tp=int(tp), pp=int(pp), vpp=int(vpp) if vpp else None, micro_batch_size=2,
-                          distributed_optimizer=False)
+                          distributed_optimizer=True)
 
 
 def check_layout(par: ParallelConfig) -> list[str]:
