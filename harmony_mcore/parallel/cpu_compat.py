@@ -73,8 +73,9 @@ def fix_torch_adam_fallback() -> None:
 
     Without Transformer Engine or Apex, `DistributedOptimizer` wraps torch's Adam, and its load path
     (megatron-core 0.16.1 optimizer/distrib_optimizer.py) has three faults, each fixed here (idempotent):
-    a. `sharded_state_dict(is_loading=True)` calls `state_dict()`, which asserts one 'step' over all params
-       (:641-642); an optimizer that never stepped has none: give it the state a first step would create.
+    a. `sharded_state_dict` calls `state_dict()`, which asserts one 'step' over all params (:641-642); an
+       optimizer that never stepped (a fresh one to load into, or one whose steps were all skipped) has none:
+       give it the state torch's Adam creates at its first step (step 0, zero moments: the same updates).
     b. `_set_main_param_and_optimizer_states` copies every state key (:938-940): with 'fully_reshardable'
        the checkpoint has no 'step' (KeyError), with 'dp_reshardable' it is the load template's 0: keep
        the step that `load_state_dict` restored.
@@ -90,13 +91,11 @@ def fix_torch_adam_fallback() -> None:
         cls.sharded_state_dict, cls._set_main_param_and_optimizer_states, cls.load_state_dict)
 
     def primed_sharded_state_dict(self, model_sharded_state_dict, is_loading=False, *args, **kwargs):
-        if is_loading:
-            for group in self.optimizer.param_groups:
-                for p in group["params"]:
-                    state = self.optimizer.state[p]
-                    if not state:
-                        state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p),
-                                     exp_avg_sq=torch.zeros_like(p))
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                state = self.optimizer.state[p]
+                if not state:
+                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
         return sharded_state_dict(self, model_sharded_state_dict, is_loading, *args, **kwargs)
 
     def set_states_keeping_step(self, model_param, tensors):
