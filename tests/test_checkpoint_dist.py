@@ -28,6 +28,7 @@ def _files(d: Path) -> list[Path]:
 
 
 @pytest.mark.dist
+@pytest.mark.timeout(1800)  # three launches; slow only on a loaded machine
 def test_checkpoint_resume_bit_identical_atomic_and_resharded(run_torchrun, tmp_path):
     ref, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     ref.mkdir()

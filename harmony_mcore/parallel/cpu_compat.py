@@ -13,6 +13,8 @@ found by shared/probes/megatron_optimizer_cpu). `enable()` neutralises them, pro
 4. `Tensor.type()` (no argument) reports `torch.cuda.<X>Tensor` for CPU tensors: Megatron's optimizers
    accept only those type strings (megatron-core 0.16.1 optimizer/optimizer.py:671,690,695,
    optimizer/distrib_optimizer.py:361,420,431,582, optimizer/clip_grads.py:167).
+5. `torch.cuda.current_stream()` returns a stream whose waits are no-ops: megatron-core 0.19 asks for it in every
+   gradient sync (distributed/param_and_grad_buffer.py:632) to wait for CUDA-graph events, which CPUs never have.
 
 `fix_torch_adam_fallback()` is not about the device: it repairs the distributed optimizer's checkpoint
 load on megatron-core's torch-Adam fallback (no Transformer Engine, no Apex), which is what CPUs run.
@@ -51,8 +53,21 @@ class _CudaToCpu(TorchFunctionMode):
         return out
 
 
+class _NoStream:
+    """What the CPU has instead of a CUDA stream: work is synchronous, nothing to wait for."""
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
 def enable() -> None:
-    """Apply the three neutralisations (idempotent). Refuses to run when a GPU is present."""
+    """Apply the neutralisations above (idempotent). Refuses to run when a GPU is present."""
     global _mode
     if torch.cuda.is_available():
         raise RuntimeError("cpu_compat.enable() is for machines without a GPU; a GPU is visible here")
@@ -60,6 +75,7 @@ def enable() -> None:
         return
     torch.cuda.current_device = lambda: "cpu"
     torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.current_stream = lambda *a, **k: _NoStream()
     _mode = _CudaToCpu()
     _mode.__enter__()
 
