@@ -1,8 +1,10 @@
-"""GPU check of the Megatron policy (one GPU): log-prob agreement with transformers, GRPO-step speed and MFU.
+"""GPU check of the Megatron policy (one GPU): log-prob agreement with transformers, GRPO-step speed and MFU,
+and a checkpoint round trip of Megatron's distributed optimizer (the same code path the CPU tests run under gloo).
 
 Run through gpu_policy_check.sh. A Qwen3-1.7B-shaped model with random weights, bf16, 4096 tokens per
 sequence. Prints one JSON line (prefix "RESULT ") with the numbers; exits non-zero when the log-probs
-disagree with transformers beyond bf16 noise.
+disagree with transformers beyond bf16 noise, or a step after reloading the checkpoint differs from the same
+step before it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -83,6 +87,25 @@ def logprob_agreement(policy: Policy, gen: torch.Generator) -> dict:
             "logp_mean": want.mean().item()}
 
 
+def checkpoint_roundtrip(policy: Policy, view: ViewBatch, step: int) -> dict:
+    """Save (model + distributed optimizer + RNG), take a step, load the checkpoint back, take the same step:
+    both must agree (GPU kernels may reduce in another order: bf16-level tolerance)."""
+    from harmony_mcore import checkpoint
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CKPT_TMP")) as root:
+        t0 = time.time()
+        checkpoint.save(Path(root), step, policy, {"step": step}, keep_last=1)
+        save_s = time.time() - t0
+        first = policy.train_step([view], step)
+        t0 = time.time()
+        checkpoint.load(checkpoint.step_dir(Path(root), step), policy)
+        load_s = time.time() - t0
+        again = policy.train_step([view], step)
+    errs = {k: abs(first[k] - again[k]) / max(abs(first[k]), 1e-12) for k in ("loss", "grad_norm")}
+    return {"ckpt_save_s": round(save_s, 1), "ckpt_load_s": round(load_s, 1),
+            "ckpt_step_rel_err": max(errs.values())}
+
+
 def main() -> int:
     par = ParallelConfig(tp=1, pp=1, micro_batch_size=1, distributed_optimizer=True)
     init_distributed(par, seed=1)
@@ -122,10 +145,11 @@ def main() -> int:
                 "step_peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                 "plan_peak_gib": round(plan_estimate_gib(par, "selective"), 2), "loss": metrics["loss"],
                 "grad_norm": metrics["grad_norm"], "skipped": metrics["skipped"]})
+    out.update(checkpoint_roundtrip(policy, view, STEPS + 1))
     print("RESULT " + json.dumps(out), flush=True)
     destroy_distributed()
     # bf16 over 28 layers with different attention kernels: expect mean |diff| ~1e-2; garbled weights give >1.
-    ok = out["logp_mean_abs_diff"] < 0.1 and metrics["skipped"] == 0.0
+    ok = out["logp_mean_abs_diff"] < 0.1 and metrics["skipped"] == 0.0 and out["ckpt_step_rel_err"] < 1e-2
     print("GPU POLICY CHECK " + ("PASSED" if ok else "FAILED"), flush=True)
     return 0 if ok else 1
 

@@ -1,23 +1,30 @@
-"""Checkpoints of a run: everything needed to continue as if never stopped.
+"""Checkpoints of a run: everything needed to continue as if never stopped, on CPU and GPU alike.
 
     <dir>/step_0000040/
         model/                   Megatron dist-checkpoint (torch_dist) of the policy: loads at any TP/PP,
                                  and `harmony convert mcore-to-hf` reads it
-        optimizer/               Megatron optimizer (GPU), dist-checkpoint
-        optimizer_rank00000.pt   torch AdamW state of this rank's shards (CPU path: same layout to resume)
-        rng_rank00000.pt         torch (+ CUDA) RNG state of the rank
+        optimizer/               Megatron's optimizer state (fp32 main params, Adam moments, step), dist-checkpoint;
+                                 the distributed optimizer's in the 'fully_reshardable' format
+        rng_rank00000.pt         RNG states of the rank: torch, CUDA, Python's, Megatron's model-parallel tracker
         state.json               step (= data position, lr schedule and strategy-warmup counter),
                                  consecutive non-finite steps, the metrics history, the layout
 
-Writes go to `.tmp-step_*` and become visible by one rename, so a killed save leaves no half
-checkpoint; the last `keep_last` are kept. Megatron's writer uses spawned processes: entry points
-that save must sit behind `if __name__ == "__main__"` (harmony_mcore.train_cli does).
+Atomic: every rank writes into `.tmp-step_*`, the ranks agree that all writes succeeded, and rank 0 publishes
+the directory with one rename; a save that fails part-way (on any rank) removes its temporary directory and
+raises, leaving the previous checkpoints as they were. The last `keep_last` are kept. Megatron's writer uses
+spawned processes: entry points that save must sit behind `if __name__ == "__main__"` (harmony_mcore.train_cli
+does).
+
+Resume into another layout: TP, PP (with or without virtual stages) and DP may change (dist-checkpointing
+reshards model and optimizer; the RNG streams then stay as seeded at start-up, since a rank's role changed);
+a different dtype or a switch of the distributed optimizer is refused, naming the change.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,16 @@ import torch
 import torch.distributed as dist
 
 from harmony_mcore.config import ConfigError
+
+# The distributed optimizer's default format ('fully_sharded_model_space') is refused by dist-checkpointing
+# ("ShardedTensor.flattened_range is not supported"); 'fully_reshardable' also reshards over TP and PP.
+_OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
+# Layout keys that must match for a resume: the optimizer state's structure depends on them.
+_MUST_MATCH = {"dtype": "model.dtype", "distributed_optimizer": "parallel.distributed_optimizer"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the previous ones are intact."""
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -43,18 +60,40 @@ def _model_sharded(policy) -> dict:
     return {f"chunk{i}": m.sharded_state_dict() for i, m in enumerate(policy.modules)}
 
 
-def _layout() -> dict[str, int]:
+def _optimizer_sharded(policy, *, is_loading: bool) -> dict:
+    # Built on a fresh model dict: dist_checkpointing.save mutates the dict it saves, and the optimizer finds its
+    # params in the model dict by tensor identity.
+    return policy.optimizer.sharded_state_dict(_model_sharded(policy), is_loading=is_loading,
+                                               metadata=_OPTIMIZER_FORMAT)
+
+
+def _layout(policy) -> dict[str, Any]:
     from megatron.core import parallel_state as ps
 
     return {"world": dist.get_world_size(), "tp": ps.get_tensor_model_parallel_world_size(),
-            "pp": ps.get_pipeline_model_parallel_world_size()}
+            "pp": ps.get_pipeline_model_parallel_world_size(), "vpp": policy.parallel.vpp,
+            "dp": ps.get_data_parallel_world_size(), "dtype": policy.dtype,
+            "distributed_optimizer": policy.parallel.distributed_optimizer}
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "tracker": get_cuda_rng_tracker().get_states()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save(root: Path, step: int, policy, state: dict[str, Any], *, keep_last: int, group=None) -> Path:
@@ -69,16 +108,25 @@ def save(root: Path, step: int, policy, state: dict[str, Any], *, keep_last: int
         (tmp / "model").mkdir(parents=True)
         (tmp / "optimizer").mkdir()
     dist.barrier(group=group)
-    model_sd = _model_sharded(policy)
-    dist_checkpointing.save(model_sd, str(tmp / "model"))
-    if hasattr(policy.optimizer, "sharded_state_dict"):  # Megatron's optimizer (GPU)
-        dist_checkpointing.save(policy.optimizer.sharded_state_dict(model_sd), str(tmp / "optimizer"))
-    else:
-        torch.save(policy.optimizer.state_dict(), tmp / f"optimizer_rank{rank:05d}.pt")
-    torch.save(_rng_state(), tmp / f"rng_rank{rank:05d}.pt")
-    dist.barrier(group=group)
+    error = None
+    try:
+        dist_checkpointing.save(_model_sharded(policy), str(tmp / "model"))
+        dist_checkpointing.save(_optimizer_sharded(policy, is_loading=False), str(tmp / "optimizer"))
+        # Python's random state holds only ints and tuples: loadable with weights_only.
+        torch.save(_rng_state(), tmp / f"rng_rank{rank:05d}.pt")
+        if rank == 0:
+            (tmp / "state.json").write_text(json.dumps({**state, "layout": _layout(policy)}) + "\n")
+    except Exception as e:  # noqa: BLE001 - every rank must learn that one failed before anyone publishes
+        error = e
+    failed = torch.tensor([float(error is not None)])
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=group)
+    if failed.item():
+        dist.barrier(group=group)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"saving checkpoint {final} failed ({error!r} on this rank, or on another); "
+                              f"{latest(root) or 'no earlier checkpoint'} is the latest complete one") from error
     if rank == 0:
-        (tmp / "state.json").write_text(json.dumps({**state, "layout": _layout()}) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
         for old in sorted(root.glob("step_*"))[:-keep_last]:
@@ -88,37 +136,37 @@ def save(root: Path, step: int, policy, state: dict[str, Any], *, keep_last: int
 
 
 def resume(setting: str, root: Path, policy, group=None) -> dict[str, Any]:
-    """Load the checkpoint that checkpoint.resume names (auto = the latest under root, if any) into
-    the policy and this rank's RNG; returns its state ({} when starting fresh)."""
-    from megatron.core import dist_checkpointing
-
-    from harmony_mcore.bridge.dist_ckpt import load_model_weights
-
+    """Load the checkpoint that checkpoint.resume names (auto = the latest under root, if any) into the policy,
+    its optimizer and this rank's RNG; returns its state ({} when starting fresh)."""
     if setting == "never":
         return {}
     path = latest(root) if setting == "auto" else Path(setting).expanduser()
     if path is None:
         return {}
+    return load(path, policy, group)
+
+
+def load(path: Path, policy, group=None) -> dict[str, Any]:
+    """Load checkpoint `path` (a step_* directory) into the policy, its optimizer and this rank's RNG."""
+    from megatron.core import dist_checkpointing
+
+    from harmony_mcore.bridge.dist_ckpt import load_model_weights
+
     if not (path / "state.json").is_file():
-        raise ConfigError(f"checkpoint.resume={setting}: {path} is not a complete checkpoint (no state.json); "
+        raise ConfigError(f"checkpoint.resume: {path} is not a complete checkpoint (no state.json); "
                           f"use auto, never or a step_* directory")
     state = json.loads((path / "state.json").read_text())
-    if state["layout"] != _layout() and not hasattr(policy.optimizer, "sharded_state_dict"):
-        raise ConfigError(f"{path} was saved with layout {state['layout']}, this run has {_layout()}: on CPU the "
-                          "optimizer state is per rank, so resume with the same parallel layout (or start a new "
-                          f"run from its weights with model.path={path / 'model'})")
+    saved, now = state.get("layout", {}), _layout(policy)
+    changed = [f"{key} {saved.get(key)} -> {now[key]}" for key in _MUST_MATCH if saved.get(key) != now[key]]
+    if changed:
+        raise ConfigError(f"{path} cannot resume this run: {', '.join(changed)} changes the optimizer state's "
+                          f"structure. Set {', '.join(_MUST_MATCH[c.split()[0]] for c in changed)} as saved, or "
+                          f"start a new run from its weights with model.path={path / 'model'}")
     load_model_weights(policy.modules, path / "model")
-    rank = dist.get_rank()
-    if hasattr(policy.optimizer, "sharded_state_dict"):
-        model_sd = _model_sharded(policy)
-        loaded = dist_checkpointing.load(policy.optimizer.sharded_state_dict(model_sd, is_loading=True),
-                                         str(path / "optimizer"))
+    loaded = dist_checkpointing.load(_optimizer_sharded(policy, is_loading=True), str(path / "optimizer"))
+    with torch.no_grad():  # the dp_reshardable/fully_reshardable loaders copy into views of leaf params
         policy.optimizer.load_state_dict(loaded)
-    else:
-        policy.optimizer.load_state_dict(torch.load(path / f"optimizer_rank{rank:05d}.pt", weights_only=True))
-    rng = torch.load(path / f"rng_rank{rank:05d}.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
+    if saved == now:  # in another layout rank r has another role: it keeps the streams seeded at start-up
+        _set_rng_state(torch.load(path / f"rng_rank{dist.get_rank():05d}.pt", weights_only=True))
     dist.barrier(group=group)
     return state

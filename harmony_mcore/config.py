@@ -47,7 +47,7 @@ class ParallelConfig:
     vpp: int | None = None  # virtual pipeline stages per rank (None = off)
     dp: int | None = None  # None = world_size / (tp * pp)
     sequence_parallel: bool = False
-    distributed_optimizer: bool = True  # GPU only; CPU uses torch AdamW over DDP main_grad
+    distributed_optimizer: bool = True  # Megatron's distributed optimizer (optimizer state sharded over DP)
     micro_batch_size: int = 8  # sequences per micro-batch in log-prob and update passes
     offload_reference: bool = False  # keep the frozen reference on host between uses (GPU)
 

@@ -191,7 +191,8 @@ def diagnose(versions: dict[str, str | None], gpu: GpuInfo, cfg: Any = None,
                         "(or the cpu preset)")
     cannot = [] if has_gpu else [
         "vLLM rollout (the torch engine runs instead)", "Transformer Engine (local layer spec instead)",
-        "Megatron's distributed optimizer (torch AdamW instead)", "bf16 over NCCL (fp32 over gloo instead)"]
+        "Transformer Engine's fused Adam (torch's Adam inside Megatron's optimizer instead)",
+        "bf16 over NCCL (fp32 over gloo instead)"]
     return {"python": versions.get("python"), "platform": platform.platform(), "torch_cuda": gpu.cuda,
             "nccl": gpu.nccl, "gpus": gpu.devices, "gpu_peer_access": gpu.peer_access,
             "components": rows, "combination_problems": combos, "cannot_run_here": cannot,

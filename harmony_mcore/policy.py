@@ -13,7 +13,6 @@ path works with Transformer Engine's causal attention) and positions are 0..L-1,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Mapping
@@ -112,14 +111,14 @@ class Policy:
         self.dp_rank = ps.get_data_parallel_rank()
         build = partial(build_chunks, self.hf_config, parallel, dtype=dtype, recompute=recompute, use_te=use_te,
                         calculate_per_token_loss=True)  # our loss is already a global token-mean: no rescaling
-        use_dist_opt = self.on_gpu and parallel.distributed_optimizer
-        self.model = wrap_ddp(build(), distributed_optimizer=use_dist_opt)
+        self.model = wrap_ddp(build(), distributed_optimizer=parallel.distributed_optimizer)
         self.modules = [c.module for c in self.model]
         self.reference = build() if reference else None
         if self.reference:
             for chunk in self.reference:
                 chunk.requires_grad_(False)
-        self.optimizer = self._make_optimizer(dtype, use_dist_opt)
+        self.dtype = dtype
+        self.optimizer = self._make_optimizer(dtype, parallel.distributed_optimizer)
         self.steps_taken = 0  # optimizer updates made by this object (skipped steps excluded)
         self.sync_reference()
 
@@ -143,8 +142,8 @@ class Policy:
     @torch.no_grad()
     def sync_reference(self) -> None:
         """Initial weights were loaded into `modules`: copy them into the frozen reference and, before the
-        first optimizer step, into the GPU optimizer's fp32 main params (Megatron copies those at construction)."""
-        if self.on_gpu and self.steps_taken == 0:
+        first optimizer step, into the optimizer's fp32 main params (Megatron copies those at construction)."""
+        if self.steps_taken == 0:
             self.optimizer.reload_model_params()
         if self.reference is None:
             return
@@ -258,40 +257,49 @@ class Policy:
         return result[0], (result[1] if stat else None)
 
     # ---- training ------------------------------------------------------------------------------
-    def _make_optimizer(self, dtype: str, use_dist_opt: bool):
+    def _make_optimizer(self, dtype: str, distributed: bool):
+        """Megatron's optimizer on every platform: Adam, fp32 main params for bf16/fp16, clipping to
+        algorithm.grad_clip, optionally distributed over DP. Megatron's grouping gives biases and 1-D params
+        (norms) wd_mult 0; `_schedule` applies it."""
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        from harmony_mcore.parallel import cpu_compat
+
         a = self.algo
-        if self.on_gpu:
-            from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        cpu_compat.fix_torch_adam_fallback()
+        cfg = OptimizerConfig(optimizer="adam", lr=a.lr, min_lr=0.0, weight_decay=a.weight_decay,
+                              adam_beta1=a.betas[0], adam_beta2=a.betas[1], adam_eps=1e-8, clip_grad=a.grad_clip,
+                              bf16=dtype == "bf16", fp16=dtype == "fp16", params_dtype=families._DTYPES[dtype],
+                              use_distributed_optimizer=distributed,
+                              loss_scale=None if dtype == "fp16" else 1.0,  # fp16: dynamic loss scaling,
+                              initial_loss_scale=2.0**16)  # from 2^16, not Megatron's 2^32: fewer skipped steps
+        optimizer = get_megatron_optimizer(cfg, self.model)
+        if dtype == "fp16":
+            # The schedule multiplies each micro-batch loss by the current loss scale before backward;
+            # the optimizer divides the gradients by it (and skips + lowers it on overflow).
+            for chunk in self.model:
+                chunk.config.grad_scale_func = optimizer.scale_loss
+        return optimizer
 
-            cfg = OptimizerConfig(optimizer="adam", lr=a.lr, weight_decay=a.weight_decay, adam_beta1=a.betas[0],
-                                  adam_beta2=a.betas[1], clip_grad=a.grad_clip, bf16=dtype == "bf16",
-                                  fp16=dtype == "fp16", params_dtype=families._DTYPES[dtype],
-                                  use_distributed_optimizer=use_dist_opt,
-                                  loss_scale=1.0 if dtype != "fp16" else None)
-            return get_megatron_optimizer(cfg, self.model)
-        # Megatron's optimizers need CUDA tensors: torch AdamW over DDP's main_grad, Megatron's grouping
-        # (no weight decay on biases and norms).
-        params = [p for c in self.model for p in c.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": a.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=a.lr, betas=tuple(a.betas), eps=1e-8)
+    def _schedule(self, step: int) -> float:
+        """Set every param group's lr and weight decay for optimizer step `step` the way Megatron's
+        OptimizerParamScheduler.step does (the group's max_lr/min_lr; weight_decay x wd_mult), with the
+        project's warmup + cosine `lr_at` (a pure function of the step: resume needs no scheduler state).
+        Returns the base lr."""
+        a = self.algo
 
-    def _grad_norm(self) -> float:
-        """Global L2 norm of main_grad, each parameter counted once across TP/PP (CPU path)."""
-        from megatron.core import parallel_state as ps
-        from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
-        from megatron.core.transformer.module import param_is_not_shared
+        def lr(base: float, low: float) -> float:
+            return lr_at(step, base_lr=base, min_lr=low, total_steps=self.total_steps, warmup_ratio=a.warmup_ratio,
+                         warmup_init=a.lr_warmup_init)
 
-        sq = torch.zeros((), dtype=torch.float64)
-        for c in self.model:
-            for p in c.parameters():
-                if p.requires_grad and param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p):
-                    sq += p.main_grad.double().pow(2).sum()
-        dist.all_reduce(sq, group=ps.get_model_parallel_group())
-        return math.sqrt(sq.item()) if math.isfinite(sq.item()) else float("nan")
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr(g.get("max_lr", a.lr), g.get("min_lr", 0.0))
+            g["weight_decay"] = a.weight_decay * g.get("wd_mult", 1.0)
+        return lr(a.lr, 0.0)
 
     def _grads_nonfinite(self) -> bool:
-        """Whether any rank's grad buffer holds inf/nan (GPU path, before Megatron's optimizer)."""
+        """Whether any rank's grad buffer holds inf/nan. Megatron's fp32 optimizer has no such check; with
+        fp16 an overflow is the loss scaler's business (it skips the step and lowers the scale)."""
         finite = [torch.isfinite(p.main_grad).all() for c in self.model for p in c.parameters() if p.requires_grad]
         bad = (~torch.stack(finite).all()).float()
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
@@ -299,24 +307,10 @@ class Policy:
 
     def _update(self) -> tuple[float, bool]:
         """Clip and apply the gradients in the DDP buffers unless one is non-finite: (grad norm, skipped)."""
-        if self.on_gpu:
-            if self._grads_nonfinite():
-                return float("nan"), True
-            ok, norm, _ = self.optimizer.step()  # Megatron's: clips to algorithm.grad_clip itself
-            return (norm if norm is not None else float("nan")), not ok
-        grad_norm = self._grad_norm()
-        if not math.isfinite(grad_norm):
-            return grad_norm, True
-        scale = self.algo.grad_clip / (grad_norm + 1e-6)  # torch.nn.utils.clip_grad_norm_'s rule
-        params = [p for c in self.model for p in c.parameters() if p.requires_grad]
-        for p in params:
-            if self.algo.grad_clip > 0 and scale < 1.0:
-                p.main_grad.mul_(scale)
-            p.grad = p.main_grad
-        self.optimizer.step()
-        for p in params:
-            p.grad = None
-        return grad_norm, False
+        if self.dtype != "fp16" and self._grads_nonfinite():
+            return float("nan"), True
+        ok, norm, _ = self.optimizer.step()  # Megatron's: clips to algorithm.grad_clip itself
+        return (norm if norm is not None and ok else float("nan")), not ok
 
     def train_step(self, views: list[ViewBatch], step: int, *, temperature: float = 1.0) -> dict[str, float]:
         """One optimizer step on the sum of the views' GRPO losses (each a global token-mean over its view).
@@ -357,10 +351,7 @@ class Policy:
             self._run(self.model, packed, mbs, loss_fn, forward_only=False)
         finalize_model_grads(self.model)
 
-        lr = lr_at(step, base_lr=a.lr, total_steps=self.total_steps, warmup_ratio=a.warmup_ratio,
-                   warmup_init=a.lr_warmup_init)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        lr = self._schedule(step)
         grad_norm, skipped = self._update()
         self.steps_taken += int(not skipped)
         dist.all_reduce(metrics, group=ps.get_data_parallel_group())

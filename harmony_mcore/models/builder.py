@@ -15,7 +15,7 @@ def build_chunks(hf_config: Any, parallel: ParallelConfig, *, dtype: str = "fp32
     """GPTModel chunks for the local PP stage: `parallel.vpp` chunks with virtual PP, else one.
 
     Needs Megatron's parallel state (`harmony_mcore.parallel.init_distributed`). Weights are Megatron's
-    random init; on a GPU the chunks are moved to the current device.
+    random init, every param in `dtype`; on a GPU the chunks are moved to the current device.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt.gpt_model import GPTModel
@@ -34,6 +34,12 @@ def build_chunks(hf_config: Any, parallel: ParallelConfig, *, dtype: str = "fp32
                          vp_stage=vp_stage, **kwargs)
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
+        # The local spec's norms are created fp32 whatever params_dtype says; Megatron's training loop
+        # casts the whole model (Float16Module), and its mixed-precision optimizer and checkpoints expect
+        # every param in params_dtype. Cast params only (buffers such as rotary frequencies stay fp32).
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != config.params_dtype:
+                p.data = p.data.to(config.params_dtype)
         chunks.append(model)
     return chunks
 
