@@ -181,4 +181,49 @@ def test_convert_and_eval_jobs_write_what_the_commands_write(cluster, work, tmp_
         direct, job = files(tmp_path / "direct" / name), files(tmp_path / "sbatch" / name)
         assert direct and sorted(job) == sorted(direct), name
         for path in direct:
-            assert job[path] == direct[path], f"{name}/{path} differs"
+            if path != ".metadata":  # torch_dist's index: it records the save's own path and a random save id
+                assert job[path] == direct[path], f"{name}/{path} differs"
+
+
+@pytest.mark.slow  # a real time limit: the signal comes 30-60 s into the job, so the run must last that long
+def test_time_limit_signal_checkpoints_and_requeues(cluster, work):
+    """--time=2 --signal=B:USR1@60: slurmctld signals the batch script once under 60 s (+ its 30 s check
+    period) remain, i.e. 30-60 s in, well before the kill at 120 s; the job requeues and resumes."""
+    out = work[0] / "time-limit"
+    args = [*ARGS, "steps=30", "checkpoint.every=0"]  # long enough to be running when the signal comes
+    job = train(cluster, work, out, "--nodes=1", "--time=2", "--signal=B:USR1@60", args=args)
+
+    def requeued(info):
+        if info["JobState"] == "PENDING" and info["Restarts"] == "1":
+            cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=15")  # let the resumed run finish
+            return True
+        return False
+
+    first = wait(cluster, job, 400, until=requeued)
+    assert first["JobState"] == "PENDING", job_log(first)[-6000:]
+    text = finished(cluster, work, job)
+    assert "asking the ranks to checkpoint and stop" in text and "requeueing job" in text
+    assert "TIME LIMIT" not in text  # stopped and requeued before Slurm's kill
+    stopped = int(text.split("stopped at step ")[1].split(":")[0])
+    assert f"resumed at step {stopped}" in text and sorted(steps(out)) == list(range(1, 31))
+
+
+@pytest.mark.slow  # two partial runs on two nodes
+def test_node_failure_fails_the_job_and_a_resubmission_resumes(cluster, work, reference):
+    out = work[0] / "node-failure"
+    job = train(cluster, work, out, "--nodes=2")
+    wait(cluster, job, 600, until=lambda info: (out / "checkpoints" / "step_0000001" / "state.json").is_file())
+    on_n2 = [p for p in job_processes(job) if p.environ().get("SLURMD_NODENAME") == "n2"]
+    assert any("torch.distributed.run" in " ".join(p.cmdline()) for p in on_n2), [p.cmdline() for p in on_n2]
+    for p in on_n2:  # the node's torchrun and its rank die at once, as when the node goes away
+        p.kill()
+    killed = time.time()
+    info = wait(cluster, job, 120)  # --kill-on-bad-exit ends the step, the rank on n1 does not hang
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "0", job_log(info)[-6000:]
+    print(f"job failed {time.time() - killed:.0f} s after the kill")
+    done = max(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*") if (p / "state.json").is_file())
+
+    text = finished(cluster, work, train(cluster, work, out, "--nodes=2"))  # the same command again
+    assert f"resumed at step {done}" in text
+    same_rewards(steps(out), reference)
+    assert not job_processes(job)
