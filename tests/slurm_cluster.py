@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 NODES = ("n1", "n2")
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue")
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "sinfo", "scancel")
 
 
 def missing() -> str | None:
@@ -42,7 +42,9 @@ class Cluster:
         self.root = root
         self.conf = root / "slurm.conf"
         self.procs: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        # not the variables of a Slurm job these tests might run in: they would steer sbatch/srun
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))}
+        self.env = {**clean, "SLURM_CONF": str(self.conf)}
 
     # ---- start / stop ---------------------------------------------------------------------------
     def start(self, timeout: float = 60) -> Cluster:
@@ -63,15 +65,21 @@ class Cluster:
         return self
 
     def stop(self) -> None:
-        for name in reversed(list(self.procs)):  # node daemons first, munged last
-            proc = self.procs[name]
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        try:
+            if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
+                # jobs left by a failed test: their processes hang off slurmstepd, which outlives slurmd
+                subprocess.run(["scancel", "--partition=debug"], env=self.env, capture_output=True, timeout=60)
+                self._wait(lambda: not self.run("squeue", "-h"), 60, "empty queue")
+        finally:
+            for name in reversed(list(self.procs)):  # node daemons first, munged last
+                proc = self.procs[name]
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = open(self.root / f"{name}.out", "wb")

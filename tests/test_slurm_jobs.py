@@ -102,7 +102,7 @@ def train(cluster, work, out: Path, *opts: str, args=ARGS) -> str:
     return submit(cluster, work, "train.sbatch", [*args, f"output_dir={out}"], *opts)
 
 
-def finished(cluster, work, job: str, timeout: float = 600) -> str:
+def finished(cluster, job: str, timeout: float = 600) -> str:
     info = wait(cluster, job, timeout)
     text = job_log(info)
     assert info["JobState"] == "COMPLETED", f"{info['JobState']}:\n{text[-6000:]}"
@@ -113,22 +113,22 @@ def finished(cluster, work, job: str, timeout: float = 600) -> str:
 def reference(cluster, work):
     """One uninterrupted single-node run: TP=2 as 2 ranks on n1."""
     out = work[0] / "reference"
-    text = finished(cluster, work, train(cluster, work, out, "--nodes=1"))
+    text = finished(cluster, train(cluster, work, out, "--nodes=1"))
     assert "--nproc_per_node=2" in text  # the CPU layout, not 8 ranks per node
     got = steps(out)
     assert sorted(got) == list(range(1, STEPS + 1))
     return got
 
 
-def same_rewards(got: dict[int, dict], ref: dict[int, dict], from_step: int = 1) -> None:
-    for step in range(from_step, STEPS + 1):
+def same_rewards(got: dict[int, dict], ref: dict[int, dict]) -> None:
+    for step in range(1, STEPS + 1):
         for key in ("rollouts_digest", "rewards_digest", "reward/label_accuracy"):
             assert got[step][key] == ref[step][key], (step, key)
 
 
 def test_two_nodes_train_like_one(cluster, work, reference):
     out = work[0] / "two-nodes"
-    text = finished(cluster, work, train(cluster, work, out, "--nodes=2"))
+    text = finished(cluster, train(cluster, work, out, "--nodes=2"))
     assert "--nnodes=2 --nproc_per_node=1" in text  # one rank on each node, TP=2 across them
     got = steps(out)
     assert sorted(got) == list(range(1, STEPS + 1))
@@ -140,7 +140,7 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, work, reference):
     job = train(cluster, work, out, "--nodes=1")
     wait(cluster, job, 600, until=lambda info: (out / "checkpoints" / "step_0000001" / "state.json").is_file())
     cluster.run("scancel", "-s", "USR1", "-b", job)  # what Slurm sends before preempting (--signal=B:USR1)
-    text = finished(cluster, work, job)
+    text = finished(cluster, job)
     assert "asking the ranks to checkpoint and stop" in text and "requeueing job" in text
     assert cluster.job(job)["Restarts"] == "1"
     stopped = int(text.split("stopped at step ")[1].split(":")[0])
@@ -170,13 +170,13 @@ def test_convert_and_eval_jobs_write_what_the_commands_write(cluster, work, tmp_
     submitted = [submit(cluster, work, script, [*args, "--out", str(tmp_path / "sbatch" / name)])
                  for script, args, name in jobs]
     for job in submitted:
-        finished(cluster, work, job)
+        finished(cluster, job)
     # the job's checkpoint back to HF, as a user would after a conversion job
     back = submit(cluster, work, "convert.sbatch", ["mcore-to-hf", "--ckpt", str(tmp_path / "sbatch" / "mcore"),
                                                     "--out", str(tmp_path / "sbatch" / "hf")])
     assert harmony(["convert", "mcore-to-hf", "--ckpt", str(tmp_path / "direct" / "mcore"),
                     "--out", str(tmp_path / "direct" / "hf")]) == 0
-    finished(cluster, work, back)
+    finished(cluster, back)
     for name in ("mcore", "eval", "hf"):
         direct, job = files(tmp_path / "direct" / name), files(tmp_path / "sbatch" / name)
         assert direct and sorted(job) == sorted(direct), name
@@ -201,7 +201,7 @@ def test_time_limit_signal_checkpoints_and_requeues(cluster, work):
 
     first = wait(cluster, job, 400, until=requeued)
     assert first["JobState"] == "PENDING", job_log(first)[-6000:]
-    text = finished(cluster, work, job)
+    text = finished(cluster, job)
     assert "asking the ranks to checkpoint and stop" in text and "requeueing job" in text
     assert "TIME LIMIT" not in text  # stopped and requeued before Slurm's kill
     stopped = int(text.split("stopped at step ")[1].split(":")[0])
@@ -223,7 +223,7 @@ def test_node_failure_fails_the_job_and_a_resubmission_resumes(cluster, work, re
     print(f"job failed {time.time() - killed:.0f} s after the kill")
     done = max(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*") if (p / "state.json").is_file())
 
-    text = finished(cluster, work, train(cluster, work, out, "--nodes=2"))  # the same command again
+    text = finished(cluster, train(cluster, work, out, "--nodes=2"))  # the same command again
     assert f"resumed at step {done}" in text
     same_rewards(steps(out), reference)
     assert not job_processes(job)
