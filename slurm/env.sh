@@ -8,6 +8,17 @@
 # export HARMONY_CONTAINER_MOUNTS=/shared:/shared,$HOME/.cache:/root/.cache
 export PYTHONPATH="${SLURM_SUBMIT_DIR:-$PWD}${PYTHONPATH:+:$PYTHONPATH}"
 
+# --- Rendezvous --------------------------------------------------------------------------------
+# The ranks meet on the job's first node, at the address Slurm itself reaches it by (its NodeAddr in
+# slurm.conf: the hostname unless the admin set an address), so node names need not resolve.
+# Set MASTER_ADDR (e.g. the node's name on the fast network) to use another interface, and
+# MASTER_PORT (default 29500) if several jobs share a node.
+if [ -z "${MASTER_ADDR:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then
+  _first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+  MASTER_ADDR=$(scontrol show node "$_first" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2 || true)
+  export MASTER_ADDR=${MASTER_ADDR:-$_first}
+fi
+
 # --- NCCL --------------------------------------------------------------------------------------
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}  # a dead rank fails the job
@@ -19,6 +30,7 @@ export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}          # 
 # AWS EFA: export FI_PROVIDER=efa FI_EFA_USE_DEVICE_RDMA=1 NCCL_PROTO=simple
 
 # --- Logging -----------------------------------------------------------------------------------
-export WANDB_MODE=${WANDB_MODE:-offline}   # compute nodes often have no internet; `wandb sync` later
+# wandb follows log.wandb (default offline: compute nodes often have no internet; `wandb sync` later);
+# WANDB_MODE, when exported, overrides it for every run.
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # models are read from model.path, never downloaded
 export HARMONY_MODELS=${HARMONY_MODELS:-/models}  # where the presets look for model directories

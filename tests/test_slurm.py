@@ -68,3 +68,37 @@ def test_sbatch_script_builds_the_line(tmp_path, nodes):
 def test_sbatch_without_config_fails_with_usage():
     proc = subprocess.run(["bash", str(REPO / "slurm" / "train.sbatch")], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+@pytest.mark.parametrize("nodes, env, nproc", [
+    (1, {}, 2),                                # CPU nodes: the config's layout (TP=2), not 8
+    (2, {}, 1),                                # ... spread over the nodes: TP=2 across two nodes
+    (1, {"SLURM_GPUS_ON_NODE": "0"}, 2),
+    (2, {"SLURM_GPUS_ON_NODE": "4"}, 4),       # GPU nodes: one rank per GPU of the job
+    (1, {"HARMONY_GPUS_PER_NODE": "3", "SLURM_GPUS_ON_NODE": "8"}, 3),
+])
+def test_ranks_per_node(monkeypatch, capsys, nodes, env, nproc):
+    import harmony_mcore.slurm as slurm
+
+    monkeypatch.setattr(slurm, "visible_gpus", lambda: 0)
+    base = {"SLURM_JOB_ID": "9", "SLURM_NNODES": str(nodes), "MASTER_ADDR": "n1"}
+    assert main(["train", "cpu", "seed=2"], env={**base, **env}) == 0
+    cmd = shlex.split(capsys.readouterr().out)
+    assert f"--nproc_per_node={nproc}" in cmd and f"--nnodes={nodes}" in cmd
+
+
+def test_ranks_per_node_from_visible_gpus(monkeypatch, capsys):
+    import harmony_mcore.slurm as slurm
+
+    monkeypatch.setattr(slurm, "visible_gpus", lambda: 8)  # a cluster without GPU GRES: count the node's GPUs
+    assert main(["train", "cpu"], env={"SLURM_JOB_ID": "9", "SLURM_NNODES": "2", "MASTER_ADDR": "n1"}) == 0
+    assert "--nproc_per_node=8" in capsys.readouterr().out
+
+
+def test_cpu_layout_that_does_not_split_over_the_nodes(monkeypatch, capsys):
+    import harmony_mcore.slurm as slurm
+
+    monkeypatch.setattr(slurm, "visible_gpus", lambda: 0)
+    assert main(["train", "cpu"], env={"SLURM_JOB_ID": "9", "SLURM_NNODES": "3", "MASTER_ADDR": "n1"}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harmony slurm: ") and "HARMONY_GPUS_PER_NODE" in err and err.count("\n") == 1
