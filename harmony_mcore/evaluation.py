@@ -251,11 +251,12 @@ def hf_model_dir(model: str, out_dir: str | Path, hf_config: str | None = None) 
         return path
     from conversion.common import ConversionError
     from conversion.mcore_to_hf import convert
+    from harmony_mcore.bridge.dist_ckpt import CheckpointError
 
     target = Path(out_dir) / "hf_model"
     try:
         convert(path, target, hf_config=hf_config, overwrite=True)
-    except ConversionError as e:
+    except (ConversionError, CheckpointError) as e:
         raise DataError(f"--model {model}: neither a Hugging Face model folder (config.json) nor a convertible "
                         f"Megatron checkpoint ({e})") from e
     return target

@@ -201,8 +201,10 @@ def summarise(history: list[dict]) -> dict[str, Any]:
     key = eval_key(history)
     if key:
         evals = [(r["step"], r[key]) for r in history if key in r]
-        out.update({"eval_metric": key, "accuracy_before": evals[0][1], "accuracy_after": evals[-1][1],
+        out.update({"eval_metric": key, "accuracy_before": evals[0][1],
                     "eval_steps": [s for s, _ in evals], "eval_curve": [v for _, v in evals]})
+        if len(evals) > 1:  # a run stopped before its next evaluation has no "after" yet
+            out.update({"accuracy_after": evals[-1][1], "accuracy_after_step": evals[-1][0]})
     labels = [r["reward/label_accuracy"] for r in history if "reward/label_accuracy" in r]
     if labels:
         out["label_accuracy_mean"] = sum(labels) / len(labels)

@@ -9,6 +9,7 @@ is one rank of the SPMD trainer (harmony_mcore.trainer).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -55,26 +56,61 @@ def inside_launcher() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def launch(argv: list[str], nproc: int) -> int:
-    """Re-run this command under torchrun; signals reach the ranks (they checkpoint and exit)."""
+def launch(argv: list[str], nproc: int, output_dir: str) -> int:
+    """Re-run this command under torchrun, holding the run lock of output_dir; signals reach the
+    ranks (they checkpoint and exit), a second Ctrl-C kills them, and they die with this process."""
     import psutil
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    from harmony_mcore.run_guard import LOCK_ENV, die_with_parent, lock_output_dir
+
+    lock = lock_output_dir(Path(output_dir))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           LOCK_ENV: str(os.getpid())}
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("PYTHONWARNINGS", "ignore")  # megatron and transformers are chatty on CPU
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "harmony_mcore.train_cli", *argv]
-    proc = subprocess.Popen(cmd, env=env)
+    # Own session: a terminal's Ctrl-C reaches only this process, which decides what the ranks get
+    # (torchrun's agent would kill them after a grace period, maybe in the middle of a checkpoint).
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    interrupts = 0
+
+    def ranks() -> list:
+        try:
+            return psutil.Process(proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
 
     def forward(signum, frame):
-        # Straight to the ranks (torchrun's children): torchrun's agent does not pass SIGUSR1 on, and
-        # on SIGTERM it would kill the ranks after a grace period, maybe in the middle of a checkpoint.
-        for rank in psutil.Process(proc.pid).children():
-            rank.send_signal(signum)
+        # Straight to the ranks (torchrun's children): torchrun's agent does not pass SIGUSR1 on.
+        nonlocal interrupts
+        interrupts += signum == signal.SIGINT
+        if interrupts >= 2:
+            print("harmony train: second Ctrl-C: killing the ranks (the last checkpoint is kept)", file=sys.stderr)
+            for p in ranks() + [psutil.Process(proc.pid)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            return
+        if signum == signal.SIGINT:
+            print("harmony train: stopping after this step (checkpoint, then exit); Ctrl-C again to kill now",
+                  file=sys.stderr)
+        for rank in ranks():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                rank.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, forward)
-    return proc.wait()
+    try:
+        return proc.wait()
+    finally:
+        os.close(lock)
+
+
+def summary_line(summary: dict) -> str:
+    after = (f"after step {summary['accuracy_after_step']} {summary['accuracy_after']:.3f}"
+             if "accuracy_after" in summary else f"no evaluation since (stopped at step {summary['steps']})")
+    return (f"accuracy before {summary['accuracy_before']:.3f} -> {after} ({summary['eval_metric']}); mean "
+            f"pseudo-label accuracy {summary.get('label_accuracy_mean', float('nan')):.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,22 +126,22 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = train(cfg)
             if int(os.environ["RANK"]) == 0 and "accuracy_before" in summary:
-                print(f"[harmony] accuracy before {summary['accuracy_before']:.3f} -> after "
-                      f"{summary['accuracy_after']:.3f} ({summary['eval_metric']}); mean pseudo-label accuracy "
-                      f"{summary.get('label_accuracy_mean', float('nan')):.3f}", flush=True)
+                print(f"[harmony] {summary_line(summary)}", flush=True)
             return 0
+        from harmony_mcore.checkpoint_check import pick
         from harmony_mcore.preflight import preflight
-        from harmony_mcore.trainer import resolve_model
+        from harmony_mcore.trainer import checkpoint_root, resolve_model
 
         nproc = nproc_for(cfg, args.nproc)
         if cfg.model.hf_config:
             preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything runs
         _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
         preflight(cfg, nproc, hf_config)
+        pick(cfg.checkpoint.resume, checkpoint_root(cfg), log=lambda _: None)  # the ranks tell what they skip
+        return launch(argv, nproc, cfg.output_dir)
     except ConfigError as e:
         print(f"harmony train: {e}", file=sys.stderr)
         return 2
-    return launch(argv, nproc)
 
 
 if __name__ == "__main__":
