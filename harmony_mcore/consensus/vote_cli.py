@@ -259,5 +259,8 @@ def _run(argv: list[str] | None) -> int:
                f"coverage {m['coverage']:.3f}")
     if "label_accuracy" in m:
         summary += f", pseudo-label accuracy {m['label_accuracy']:.3f}"
+    if m.get("equivalence/degraded"):
+        summary += (f", {int(m['equivalence/degraded'])} problem(s) over the math-verify budget matched "
+                    "by normalized form")
     print(f"{summary} (strategy {args.strategy}, match {args.match})", file=sys.stderr)
     return 0
