@@ -56,14 +56,13 @@ def inside_launcher() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def launch(argv: list[str], nproc: int, output_dir: str) -> int:
-    """Re-run this command under torchrun, holding the run lock of output_dir; signals reach the
-    ranks (they checkpoint and exit), a second Ctrl-C kills them, and they die with this process."""
+def launch(argv: list[str], nproc: int) -> int:
+    """Re-run this command under torchrun (the caller holds the run lock); signals reach the ranks
+    (they checkpoint and exit), a second Ctrl-C kills them, and they die with this process."""
     import psutil
 
-    from harmony_mcore.run_guard import LOCK_ENV, die_with_parent, lock_output_dir
+    from harmony_mcore.run_guard import LOCK_ENV, die_with_parent
 
-    lock = lock_output_dir(Path(output_dir))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            LOCK_ENV: str(os.getpid())}
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -100,10 +99,7 @@ def launch(argv: list[str], nproc: int, output_dir: str) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, forward)
-    try:
-        return proc.wait()
-    finally:
-        os.close(lock)
+    return proc.wait()
 
 
 def summary_line(summary: dict) -> str:
@@ -130,15 +126,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from harmony_mcore.checkpoint_check import pick
         from harmony_mcore.preflight import preflight
+        from harmony_mcore.run_guard import lock_output_dir
         from harmony_mcore.trainer import checkpoint_root, resolve_model
 
-        nproc = nproc_for(cfg, args.nproc)
-        if cfg.model.hf_config:
-            preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything runs
-        _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
-        preflight(cfg, nproc, hf_config)
-        pick(cfg.checkpoint.resume, checkpoint_root(cfg), log=lambda _: None)  # the ranks tell what they skip
-        return launch(argv, nproc, cfg.output_dir)
+        lock = lock_output_dir(Path(cfg.output_dir))  # one run per output_dir, until this process ends
+        try:
+            nproc = nproc_for(cfg, args.nproc)
+            if cfg.model.hf_config:
+                preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything runs
+            _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
+            preflight(cfg, nproc, hf_config)
+            pick(cfg.checkpoint.resume, checkpoint_root(cfg), log=lambda _: None)  # the ranks tell what they skip
+            return launch(argv, nproc)
+        finally:
+            os.close(lock)
     except ConfigError as e:
         print(f"harmony train: {e}", file=sys.stderr)
         return 2
