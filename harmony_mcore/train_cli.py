@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def split_args(argv: list[str]) -> list[str]:
     """Let the config be omitted: `harmony train seed=3` means the CPU default with an override."""
-    first = next((a for a in argv if not a.startswith("-")), None)
+    values = {i + 1 for i, a in enumerate(argv) if a == "--nproc"}  # `--nproc 3`: 3 is not the config
+    first = next((a for i, a in enumerate(argv) if not a.startswith("-") and i not in values), None)
     if first is not None and "=" in first:
         return ["cpu", *argv]
     return argv
