@@ -26,9 +26,12 @@ def read_hf_config(model_dir: Path) -> dict:
     if not path.is_file():
         raise ConversionError(f"{model_dir}: no config.json (is this a Hugging Face model directory?)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ConversionError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path}: not a JSON object (a model's config.json maps names to values)")
+    return config
 
 
 def hf_dtype_kwargs(dtype) -> dict:

@@ -139,6 +139,10 @@ def convert(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, dt
     dtypes = {}
     for name in mapping.mcore_names():
         src = {reader.tensors[n].dtype for n in mapping.hf_sources(name)}
+        wrong = sorted(str(d) for d in src if d not in (torch.float32, torch.float16, torch.bfloat16))
+        if wrong:
+            raise ConversionError(f"{name}: HF weights are {', '.join(wrong)}; only float32, float16 and bfloat16 "
+                                  "models convert (quantized or integer weights are not supported)")
         if len(src) > 1 and dtype is None:
             raise ConversionError(f"{name}: HF sources have mixed dtypes {sorted(map(str, src))}; pass --dtype")
         dtypes[name] = DTYPES[dtype] if dtype else src.pop()

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from harmony_mcore.data.benchmarks import BENCHMARKS, DataError, Problem, load_benchmark
 from harmony_mcore.data.prompts import build_prompts
+from harmony_mcore.cli import int_at_least, number_in
 from harmony_mcore.estimators import maj_at_k, pass_at_k
 
 SCORERS = ("strict", "math")
@@ -307,19 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", default="math500", help="comma-separated names (harmony data list)")
     p.add_argument("--path", action="append", default=[], metavar="BENCH=PATH",
                    help="data file for a benchmark that is not shipped (gpqa-diamond, mmlu-pro, file)")
-    p.add_argument("--n", type=int, default=16, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--n", type=int_at_least(1), default=16, help="samples per problem")
+    p.add_argument("--temperature", type=number_in(0), default=0.8)
+    p.add_argument("--top-p", type=number_in(0, 1, above=True), default=0.95)
     p.add_argument("--greedy", action="store_true", help="one greedy sample per problem instead of n samples")
-    p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
-    p.add_argument("--max-tokens", type=int, default=3072, help="response length limit")
-    p.add_argument("--max-prompt-tokens", type=int, default=1024)
+    p.add_argument("--limit", type=int_at_least(1), default=None, help="first N problems of each benchmark")
+    p.add_argument("--max-tokens", type=int_at_least(1), default=3072, help="response length limit")
+    p.add_argument("--max-prompt-tokens", type=int_at_least(1), default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "vllm"])
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--tp", type=int, default=1, help="vLLM tensor parallel size")
-    p.add_argument("--match-timeout", type=float, default=2.0, help="seconds per math-verify comparison")
-    p.add_argument("--match-workers", type=int, default=2, help="math-verify worker processes")
+    p.add_argument("--tp", type=int_at_least(1), default=1, help="vLLM tensor parallel size")
+    p.add_argument("--match-timeout", type=number_in(0, above=True), default=2.0,
+                   help="seconds per math-verify comparison")
+    p.add_argument("--match-workers", type=int_at_least(1), default=2, help="math-verify worker processes")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
@@ -335,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError("--n, --max-tokens and --limit must be >= 1")
         paths = _parse_paths(args.path)
         names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+        if not names:
+            raise DataError(f"--benchmarks {args.benchmarks!r}: name at least one ({', '.join(BENCHMARKS)})")
         suites = {name: load_benchmark(name, paths.get(name), settings.limit) for name in names}
         model = hf_model_dir(args.model, args.out, args.hf_config)
         engine, tokenizer = load_engine(model, args.engine, args.dtype, tp=args.tp,

@@ -341,3 +341,40 @@ def test_finds_checkpoint_and_hf_files_in_a_run_directory(tiny, tmp_path):
     info = mcore_to_hf.convert(run, tmp_path / "out", log=_quiet)
     assert info["hf_config"] == str(run / "checkpoints/hf")
     assert (tmp_path / "out/config.json").read_bytes() == (tiny / "config.json").read_bytes()
+
+
+def _raw_safetensors(path: Path, header, data: bytes = b"") -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def _overlapping(d: Path) -> None:
+    (d / "model.safetensors").unlink()
+    f32 = {"dtype": "F32", "shape": [2]}
+    _raw_safetensors(d / "model.safetensors", {"a": {**f32, "data_offsets": [0, 8]},
+                                               "b": {**f32, "data_offsets": [4, 12]}}, bytes(12))
+
+
+def _index(d: Path, weight_map) -> None:
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+@pytest.mark.parametrize("damage, msg", [
+    (lambda d: _raw_safetensors(d / "model.safetensors", [1, 2]), "not an object"),
+    (lambda d: _raw_safetensors(d / "model.safetensors", {"a": [1]}), "corrupt safetensors header entry"),
+    (_overlapping, "overlap"),
+    (lambda d: _index(d, ["model.safetensors"]), "weight_map must map"),
+    (lambda d: _index(d, {"lm_head.weight": "../outside.safetensors"}), "outside the model folder"),
+    (lambda d: _rewrite_weights(d, lambda t: t.update({k: v.to(torch.int32) for k, v in t.items()})),
+     "only float32, float16 and bfloat16"),
+    (lambda d: _edit_config(d, hidden_size=None), "hidden_size=None; it must be a positive integer"),
+    (lambda d: _edit_config(d, num_attention_heads=0), "num_attention_heads=0"),
+    (lambda d: (d / "config.json").write_text("[]"), "config.json: not a JSON object"),
+])
+def test_hostile_hf_inputs_are_one_line_errors(tiny, tmp_path, capsys, damage, msg):
+    (tmp_path / "outside.safetensors").write_bytes(b"never read")
+    damage(tiny)
+    assert convert_main(["hf-to-mcore", "--hf", str(tiny), "--out", str(tmp_path / "mc")]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "mc").exists()
