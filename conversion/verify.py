@@ -53,7 +53,9 @@ def max_logit_diff(hf_dir: str | Path, ckpt: str | Path, *, hf_config: str | Pat
     # checkpoint that does not match the HF model must fail here, not be reinterpreted.
     cfg_dir = find_hf_config_dir(ckpt, Path(hf_config) if hf_config else None)
     config = read_hf_config(cfg_dir)
-    CheckpointReader(ckpt)  # damaged or unsafe metadata: a clear error before any model is built
+    damaged = CheckpointReader(ckpt).missing_data()  # damaged or unsafe: a clear error before any model is built
+    if damaged:
+        raise ConversionError(f"{ckpt}: incomplete checkpoint: {'; '.join(damaged[:3])}")
     if not dist.is_initialized():
         init_distributed(ParallelConfig(tp=1, pp=1))
     if dist.get_world_size() != 1:

@@ -119,3 +119,27 @@ def test_resume_skips_an_unsafe_checkpoint(evil, genuine, tmp_path):
     with pytest.raises(ConfigError, match="not checkpoint metadata"):
         checkpoint_check.pick(str(root / "step_0000004"), root, log=messages.append)
     assert not marker.exists()
+
+
+def _first_distcp(ckpt: Path) -> Path:
+    return next(ckpt.glob("*.distcp"))
+
+
+@pytest.mark.parametrize("damage, msg", [
+    (lambda c: (c / ".metadata").unlink(), "missing, truncated or corrupt"),
+    (lambda c: (c / ".metadata").write_bytes((c / ".metadata").read_bytes()[:50]), "missing, truncated or corrupt"),
+    (lambda c: (c / ".metadata").write_bytes(pickle.dumps({"not": "metadata"})), "missing, truncated or corrupt"),
+    (lambda c: _first_distcp(c).unlink(), "is missing"),
+    (lambda c: _first_distcp(c).write_bytes(_first_distcp(c).read_bytes()[:100]), "is truncated"),
+    (lambda c: (c / "common.pt").unlink(), "common.pt is missing"),
+    (lambda c: (c / "metadata.json").write_text("{"), "corrupt"),
+    (lambda c: (c / "metadata.json").write_text('{"sharded_backend": "zarr"}'), "only torch_dist"),
+])
+def test_verify_on_a_damaged_checkpoint_is_one_line(genuine, tmp_path, capsys, damage, msg):
+    hf, ckpt = genuine
+    broken = tmp_path / "ckpt"
+    shutil.copytree(ckpt, broken)
+    damage(broken)
+    assert convert_main(["verify", "--hf", str(hf), "--ckpt", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err, err

@@ -30,8 +30,8 @@ import torch
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint import save as dcp_save
 from torch.distributed.checkpoint.default_planner import create_default_global_save_plan
-from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
-                                                   TensorProperties, TensorStorageMetadata)
+from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, MetadataIndex, TensorProperties,
+                                                   TensorStorageMetadata)
 from torch.distributed.checkpoint.planner import (LoadPlan, LoadPlanner, SavePlan, SavePlanner,
                                                   TensorWriteData, WriteItem, WriteItemType)
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
@@ -200,7 +200,7 @@ class CheckpointReader:
             raise CheckpointError(f"{self.path / '.metadata'}: {e}") from None
         except Exception as e:  # unpickling a damaged file raises many kinds of errors
             raise CheckpointError(f"{self.path / '.metadata'}: missing, truncated or corrupt ({e})") from None
-        if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+        if not isinstance(metadata.state_dict_metadata, dict):
             raise CheckpointError(f"{self.path / '.metadata'}: not torch.distributed.checkpoint metadata (corrupt?)")
         self._reader.set_up_storage_reader(metadata, True)
         self._storage = metadata.storage_data
@@ -265,6 +265,9 @@ def load_model_weights(model_chunks: Sequence[torch.nn.Module], path: str | os.P
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     stored = CheckpointReader(path)  # refuses unsafe metadata before megatron reads it (guarded too)
+    damaged = stored.missing_data()
+    if damaged:
+        raise CheckpointError(f"{path}: incomplete checkpoint: {'; '.join(damaged[:3])}")
     stored_objects = {k.split("/shard_")[0] for k in stored.other_keys}
     for model in model_chunks:
         sharded = model.sharded_state_dict()
@@ -276,7 +279,11 @@ def load_model_weights(model_chunks: Sequence[torch.nn.Module], path: str | os.P
         if missing_keys:
             raise CheckpointError(f"{path}: checkpoint lacks {missing_keys[:5]} (built for another model "
                                   "family or config?)")
-        loaded = dist_checkpointing.load(sharded, str(path))
+        try:
+            loaded = dist_checkpointing.load(sharded, str(path))
+        except Exception as e:  # damaged data files fail in many ways inside torch/megatron
+            raise CheckpointError(f"{path}: cannot be loaded ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:300]}); the checkpoint is damaged") from None
         result = model.load_state_dict(loaded, strict=False)
         missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
         if missing or result.unexpected_keys:
