@@ -200,7 +200,7 @@ class CheckpointReader:
             raise CheckpointError(f"{self.path / '.metadata'}: {e}") from None
         except Exception as e:  # unpickling a damaged file raises many kinds of errors
             raise CheckpointError(f"{self.path / '.metadata'}: missing, truncated or corrupt ({e})") from None
-        if not isinstance(metadata.state_dict_metadata, dict):
+        if not isinstance(getattr(metadata, "state_dict_metadata", None), dict):
             raise CheckpointError(f"{self.path / '.metadata'}: not torch.distributed.checkpoint metadata (corrupt?)")
         self._reader.set_up_storage_reader(metadata, True)
         self._storage = metadata.storage_data
