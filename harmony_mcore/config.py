@@ -329,7 +329,9 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) 
             raise ConfigError(f"config {name_or_path!r}: unknown setting {'; '.join(unknown)}")
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), composed)
         cfg = OmegaConf.to_object(merged)
-    except (HydraException, OmegaConfBaseException) as err:
+    except ConfigError:
+        raise
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # Hydra raises ValueError for some
         cause = f" ({err.__cause__})" if err.__cause__ else ""
         raise ConfigError(" ".join(f"config {name_or_path!r} with overrides {overrides}: {err}{cause}".split())) from None
     except yaml.YAMLError as err:
