@@ -244,11 +244,17 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
 
 # ---- command line ----
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
 def hf_model_dir(model: str, out_dir: str | Path, hf_config: str | None = None) -> Path:
     """`model` if it is a Hugging Face folder; a Megatron-Core checkpoint (or a run's checkpoint
     folder: its newest step) is converted into `out_dir`/hf_model first."""
     path = Path(model).expanduser()
     if (path / "config.json").is_file():
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise DataError(f"--model {model}: no tokenizer files ({', '.join(TOKENIZER_FILES)}): copy those of the "
+                            "base model into it")
         return path
     from conversion.common import ConversionError
     from conversion.mcore_to_hf import convert
