@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("mcore-to-hf", help="Megatron-Core checkpoint -> HF safetensors shards + index")
     b.add_argument("--ckpt", required=True, help="checkpoint directory (converted, or a trainer save)")
     b.add_argument("--out", required=True, help="output HF model directory")
-    b.add_argument("--hf-config", help="HF directory with config.json/tokenizer (default: CKPT/hf or beside it)")
+    b.add_argument("--hf-config", help="HF directory with config.json/tokenizer (default: the checkpoint's own "
+                   "hf/, or for a trainer step the hf/ of its checkpoint folder)")
     b.add_argument("--dtype", choices=DTYPE_CHOICES, help="cast weights (default: keep the checkpoint dtype)")
     b.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     b.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("verify", help="compare logits of an HF model and a Megatron checkpoint")
     c.add_argument("--hf", required=True, help="HF model directory")
     c.add_argument("--ckpt", required=True, help="Megatron-Core checkpoint directory")
-    c.add_argument("--hf-config", help="HF config directory for the checkpoint (default: --hf)")
+    c.add_argument("--hf-config", help="HF config the checkpoint was written from (default: its own hf/)")
     c.add_argument("--prompt", action="append", help="prompt text (repeatable; default: built-in prompts)")
     c.add_argument("--tol", type=float, help="max abs logit difference allowed (default 1e-3 in fp32, 0.5 in bf16)")
     c.add_argument("--dtype", choices=DTYPE_CHOICES, default="fp32", help="compute dtype (default fp32)")

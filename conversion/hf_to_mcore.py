@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from conversion.common import HF_SUBDIR, INFO_NAME, ConversionError, atomic_output, copy_side_files, read_hf_config
+from conversion.common import (HF_SUBDIR, INFO_NAME, ConversionError, atomic_output, check_output, copy_side_files,
+                               read_hf_config)
 from harmony_mcore.bridge.dist_ckpt import Chunk, write_checkpoint
 from harmony_mcore.bridge.mapping import GATE_UP, REPLICATED, ROW, Mapping, get_mapping
 from harmony_mcore.bridge.safetensors_io import SafetensorsReader
@@ -126,8 +127,7 @@ def convert(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, dt
         raise ConversionError(f"--hf {hf_dir}: no such directory")
     if tp < 1 or pp < 1:
         raise ConversionError("--tp and --pp must be >= 1")
-    if out.exists() and not overwrite:  # fail before reading gigabytes
-        raise ConversionError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+    check_output(out, overwrite, [hf_dir])  # fail before reading gigabytes
     config = read_hf_config(hf_dir)
     mapping = get_mapping(config)
     mapping.check_tp(tp)
@@ -139,12 +139,16 @@ def convert(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, dt
     dtypes = {}
     for name in mapping.mcore_names():
         src = {reader.tensors[n].dtype for n in mapping.hf_sources(name)}
+        wrong = sorted(str(d) for d in src if d not in (torch.float32, torch.float16, torch.bfloat16))
+        if wrong:
+            raise ConversionError(f"{name}: HF weights are {', '.join(wrong)}; only float32, float16 and bfloat16 "
+                                  "models convert (quantized or integer weights are not supported)")
         if len(src) > 1 and dtype is None:
             raise ConversionError(f"{name}: HF sources have mixed dtypes {sorted(map(str, src))}; pass --dtype")
         dtypes[name] = DTYPES[dtype] if dtype else src.pop()
     plan = plan_chunks(mapping, dtypes, tp)
     start = time.perf_counter()
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, [hf_dir]) as tmp:
         write_checkpoint(tmp, [c for _, c in plan.values()], _Producer(mapping, reader, plan, dtypes))
         side = copy_side_files(hf_dir, tmp / HF_SUBDIR)
         info = {"direction": "hf-to-mcore", "source": str(hf_dir.resolve()), "architecture": mapping.arch,

@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from conversion.common import HF_SUBDIR, ConversionError, atomic_output, copy_side_files, read_hf_config
+from conversion.common import (HF_SUBDIR, INFO_NAME, ConversionError, atomic_output, check_output, copy_side_files,
+                               read_hf_config)
 from harmony_mcore.bridge.dist_ckpt import CheckpointReader, is_dist_checkpoint
 from harmony_mcore.bridge.mapping import VOCAB, Mapping, get_mapping
 from harmony_mcore.bridge.safetensors_io import ShardedSafetensorsWriter
@@ -49,18 +50,22 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def find_hf_config_dir(ckpt: Path, given: Path | None) -> Path:
-    """--hf-config, else an `hf/` directory next to the checkpoint or a few levels up (a converted
-    checkpoint keeps one; a run keeps the one of its initial conversion, e.g. `initial_mcore/hf`)."""
+    """The HF config the checkpoint was written from: --hf-config, else the checkpoint's own `hf/`
+    (a converted checkpoint), else for a trainer step (`step_*/model`) the `hf/` of its checkpoint
+    folder, which the trainer writes. Nothing else is tried: a neighbouring model's config would
+    export wrong weights without an error."""
     if given is not None:
         if not (given / "config.json").is_file():
             raise ConversionError(f"--hf-config {given}: no config.json there")
         return given
-    for level in [ckpt, *list(ckpt.parents)[:4]]:
-        found = sorted(level.glob(f"{HF_SUBDIR}/config.json")) + sorted(level.glob(f"*/{HF_SUBDIR}/config.json"))
-        if found:
-            return found[0].parent
-    raise ConversionError(f"no HF config.json found for {ckpt} (no hf/ directory beside it or up to 4 levels "
-                          "above): pass --hf-config DIR, the HF model directory the checkpoint started from")
+    own = [ckpt / HF_SUBDIR]
+    if ckpt.name == "model" and ckpt.parent.name.startswith("step_"):
+        own.append(ckpt.parent.parent / HF_SUBDIR)
+    for cand in own:
+        if (cand / "config.json").is_file():
+            return cand
+    raise ConversionError(f"no HF config.json for {ckpt} (looked in {' and '.join(map(str, own))}): pass --hf-config "
+                          "DIR, the HF model directory the checkpoint was trained or converted from")
 
 
 def check_keys(mapping: Mapping, reader: CheckpointReader) -> None:
@@ -140,12 +145,12 @@ def _read_ahead(read: Callable[[str], Any], names: list[str]) -> Iterator[tuple[
 def convert(ckpt: str | Path, out: str | Path, *, hf_config: str | Path | None = None, dtype: str | None = None,
             max_shard_size: str = "5GB", overwrite: bool = False, log=print) -> dict:
     """Export a Megatron-Core checkpoint at `ckpt` to an HF model directory at `out`."""
-    ckpt, out = Path(ckpt), Path(out)
-    if out.exists() and not overwrite:
-        raise ConversionError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+    given, out = Path(ckpt), Path(out)
     shard_bytes = parse_size(max_shard_size)
-    ckpt = find_checkpoint(ckpt)
+    ckpt = find_checkpoint(given)
     cfg_dir = find_hf_config_dir(ckpt, Path(hf_config) if hf_config else None)
+    inputs = dict(inputs=[ckpt, cfg_dir], holders=[given])
+    check_output(out, overwrite, **inputs)  # fail before reading gigabytes
     config = read_hf_config(cfg_dir)
     mapping = get_mapping(config)
     reader = CheckpointReader(ckpt)
@@ -159,7 +164,7 @@ def convert(ckpt: str | Path, out: str | Path, *, hf_config: str | Path | None =
         fake = torch.empty(shape, dtype=out_dtype[name], device="meta")
         plan += [(n, t.dtype, tuple(t.shape)) for n, t in mapping.mcore_to_hf(name, fake)]
     start = time.perf_counter()
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, **inputs) as tmp:
         writer = ShardedSafetensorsWriter(tmp, plan, shard_bytes)
         buffers = _LayerBuffers()
         for _, hf_tensors in _read_ahead(lambda n: _hf_tensors(mapping, reader, buffers, n, out_dtype[n]), names):
@@ -170,6 +175,8 @@ def convert(ckpt: str | Path, out: str | Path, *, hf_config: str | Path | None =
         dtypes = set(out_dtype.values())
         if len(dtypes) == 1:
             _set_config_dtype(tmp / "config.json", _DTYPE_NAMES.get(dtypes.pop()))
+        info = {"direction": "mcore-to-hf", "checkpoint": str(ckpt.resolve()), "hf_config": str(cfg_dir.resolve())}
+        (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     seconds = round(time.perf_counter() - start, 3)
     log(f"wrote {out} ({mapping.arch}, {len(plan)} tensors in {len(writer.files)} shard(s)) from {ckpt} "
         f"(HF config and tokenizer from {cfg_dir}) in {seconds} s")

@@ -59,7 +59,7 @@ def quantize(hf_dir: str | Path, out: str | Path, *, fmt: str = "fp8", calib_fil
                 m(**tok(text, return_tensors="pt").to("cuda"))
 
     mtq.quantize(model, getattr(mtq, FORMATS[fmt]), forward_loop)
-    with atomic_output(out, overwrite) as tmp:
+    with atomic_output(out, overwrite, [hf_dir]) as tmp:
         export_hf_checkpoint(model, export_dir=tmp)
         tok.save_pretrained(tmp)
     log(f"wrote {fmt} checkpoint {out} (serve with vLLM: quantization='modelopt')")

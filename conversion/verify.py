@@ -42,15 +42,20 @@ def max_logit_diff(hf_dir: str | Path, ckpt: str | Path, *, hf_config: str | Pat
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM
 
-    from harmony_mcore.bridge.dist_ckpt import load_model_weights
+    from harmony_mcore.bridge.dist_ckpt import CheckpointReader, load_model_weights
     from harmony_mcore.config import ParallelConfig
     from harmony_mcore.models.builder import build_chunks
     from harmony_mcore.models.families import architecture
     from harmony_mcore.parallel.distributed import device, init_distributed
 
     hf_dir, ckpt = Path(hf_dir), find_checkpoint(Path(ckpt))
-    cfg_dir = find_hf_config_dir(ckpt, Path(hf_config) if hf_config else hf_dir)
+    # The model is built from the config the checkpoint was written from, never from --hf's: a
+    # checkpoint that does not match the HF model must fail here, not be reinterpreted.
+    cfg_dir = find_hf_config_dir(ckpt, Path(hf_config) if hf_config else None)
     config = read_hf_config(cfg_dir)
+    damaged = CheckpointReader(ckpt).missing_data()  # damaged or unsafe: a clear error before any model is built
+    if damaged:
+        raise ConversionError(f"{ckpt}: incomplete checkpoint: {'; '.join(damaged[:3])}")
     if not dist.is_initialized():
         init_distributed(ParallelConfig(tp=1, pp=1))
     if dist.get_world_size() != 1:

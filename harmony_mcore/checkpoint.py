@@ -49,12 +49,6 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:07d}"
 
 
-def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint under root (incomplete ones are never named step_*)."""
-    done = sorted(p for p in root.glob("step_*") if (p / "state.json").is_file()) if root.is_dir() else []
-    return done[-1] if done else None
-
-
 def _model_sharded(policy) -> dict:
     # One entry per virtual-pipeline chunk; the checkpoint's tensor keys are Megatron's global ones.
     return {f"chunk{i}": m.sharded_state_dict() for i, m in enumerate(policy.modules)}
@@ -135,12 +129,12 @@ def save(root: Path, step: int, policy, state: dict[str, Any], *, keep_last: int
     return final
 
 
-def resume(setting: str, root: Path, policy, group=None) -> dict[str, Any]:
-    """Load the checkpoint that checkpoint.resume names (auto = the latest under root, if any) into the policy,
-    its optimizer and this rank's RNG; returns its state ({} when starting fresh)."""
-    if setting == "never":
-        return {}
-    path = latest(root) if setting == "auto" else Path(setting).expanduser()
+def resume(setting: str, root: Path, policy, group=None, log=print) -> dict[str, Any]:
+    """Load the checkpoint that checkpoint.resume names (auto = the newest complete one under root,
+    if any) into the policy, its optimizer and this rank's RNG; returns its state ({} when starting fresh)."""
+    from harmony_mcore.checkpoint_check import pick
+
+    path = pick(setting, root, log)  # checks completeness, and the metadata with the safe unpickler
     if path is None:
         return {}
     return load(path, policy, group)
@@ -150,8 +144,10 @@ def load(path: Path, policy, group=None) -> dict[str, Any]:
     """Load checkpoint `path` (a step_* directory) into the policy, its optimizer and this rank's RNG."""
     from megatron.core import dist_checkpointing
 
+    from harmony_mcore import safe_pickle
     from harmony_mcore.bridge.dist_ckpt import load_model_weights
 
+    safe_pickle.guard()  # Megatron's optimizer load below unpickles metadata too
     if not (path / "state.json").is_file():
         raise ConfigError(f"checkpoint.resume: {path} is not a complete checkpoint (no state.json); "
                           f"use auto, never or a step_* directory")

@@ -3,7 +3,9 @@ so `harmony vote` does not pay for importing megatron or vLLM."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import math
 import sys
 
 # name -> (module, help). Each module exposes `main(argv: list[str]) -> int`.
@@ -16,6 +18,34 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("harmony_mcore.doctor", "check this environment against the supported matrix"),
     "plan": ("harmony_mcore.plan", "memory and FLOPs plan of a config, without a GPU"),
 }
+
+
+def int_at_least(lo: int):
+    """argparse type: an integer >= lo (argparse turns the message into `error: argument --x: ...`)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+    return parse
+
+
+def number_in(lo: float, hi: float = math.inf, *, above: bool = False):
+    """argparse type: a finite number in [lo, hi] (or (lo, hi] with `above`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < lo or (above and value == lo) or value > hi:
+            span = f"{'(' if above else '['}{lo:g}, {hi:g}]" if hi < math.inf else f"{'>' if above else '>='} {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {'in ' if hi < math.inf else ''}{span}, "
+                                             f"got {text}")
+        return value
+    return parse
 
 
 def _usage() -> str:

@@ -7,6 +7,8 @@ names the setting to change. Defaults are the paper's hyperparameters (shared/AL
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -327,19 +329,55 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) 
             raise ConfigError(f"unknown config {name_or_path!r}: use a preset ({', '.join(presets())}) "
                               "or a path to a .yaml file")
         config_dir, config_name = CONFIG_DIR, name_or_path
+    import yaml
+
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             composed = compose(config_name=config_name, overrides=overrides)
+        unknown = _unknown_keys(OmegaConf.to_container(composed), RunConfig(), "")
+        if unknown:  # `+key=value` adds keys the schema would otherwise keep silently
+            raise ConfigError(f"config {name_or_path!r}: unknown setting {'; '.join(unknown)}")
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), composed)
         cfg = OmegaConf.to_object(merged)
-    except (HydraException, OmegaConfBaseException) as err:
+    except ConfigError:
+        raise
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # Hydra raises ValueError for some
         cause = f" ({err.__cause__})" if err.__cause__ else ""
-        raise ConfigError(f"config {name_or_path!r} with overrides {overrides}: {err}{cause}") from None
+        raise ConfigError(" ".join(f"config {name_or_path!r} with overrides {overrides}: {err}{cause}".split())) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {name_or_path!r}: YAML syntax error: {' '.join(str(err).split())}") from None
     finally:
         GlobalHydra.instance().clear()
+    not_finite = _non_finite(cfg, "")
+    _check(not not_finite, f"{', '.join(not_finite)}: must be a finite number")
     cfg.validate()
     return cfg
+
+
+def _unknown_keys(node: Any, schema: Any, prefix: str) -> list[str]:
+    """Keys of the composed config that the schema does not have (with the closest known name)."""
+    import difflib
+
+    if not (isinstance(node, dict) and dataclasses.is_dataclass(schema)):
+        return []  # a free-form field (e.g. model.hf_config) takes any keys
+    known = [f.name for f in dataclasses.fields(schema)]
+    found = []
+    for key, value in node.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            found.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+        else:
+            found += _unknown_keys(value, getattr(schema, key), f"{prefix}{key}.")
+    return found
+
+
+def _non_finite(obj: Any, prefix: str) -> list[str]:
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [prefix.rstrip(".")]
+    if dataclasses.is_dataclass(obj):
+        return [name for f in dataclasses.fields(obj) for name in _non_finite(getattr(obj, f.name), f"{prefix}{f.name}.")]
+    return []
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harmony_mcore.data.benchmarks import BENCHMARKS, DataError, Problem, load_benchmark
+from harmony_mcore.cli import int_at_least, number_in
 from harmony_mcore.data.prompts import build_prompts, solver_messages
 from harmony_mcore.estimators import maj_at_k, pass_at_k
 
@@ -245,19 +246,26 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
 
 # ---- command line ----
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
 def hf_model_dir(model: str, out_dir: str | Path, hf_config: str | None = None) -> Path:
     """`model` if it is a Hugging Face folder; a Megatron-Core checkpoint (or a run's checkpoint
     folder: its newest step) is converted into `out_dir`/hf_model first."""
     path = Path(model).expanduser()
     if (path / "config.json").is_file():
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise DataError(f"--model {model}: no tokenizer files ({', '.join(TOKENIZER_FILES)}): copy those of the "
+                            "base model into it")
         return path
     from conversion.common import ConversionError
     from conversion.mcore_to_hf import convert
+    from harmony_mcore.bridge.dist_ckpt import CheckpointError
 
     target = Path(out_dir) / "hf_model"
     try:
         convert(path, target, hf_config=hf_config, overwrite=True)
-    except ConversionError as e:
+    except (ConversionError, CheckpointError) as e:
         raise DataError(f"--model {model}: neither a Hugging Face model folder (config.json) nor a convertible "
                         f"Megatron checkpoint ({e})") from e
     return target
@@ -308,19 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", default="math500", help="comma-separated names (harmony data list)")
     p.add_argument("--path", action="append", default=[], metavar="BENCH=PATH",
                    help="data file for a benchmark that is not shipped (gpqa-diamond, mmlu-pro, file)")
-    p.add_argument("--n", type=int, default=16, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--n", type=int_at_least(1), default=16, help="samples per problem")
+    p.add_argument("--temperature", type=number_in(0), default=0.8)
+    p.add_argument("--top-p", type=number_in(0, 1, above=True), default=0.95)
     p.add_argument("--greedy", action="store_true", help="one greedy sample per problem instead of n samples")
-    p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
-    p.add_argument("--max-tokens", type=int, default=3072, help="response length limit")
-    p.add_argument("--max-prompt-tokens", type=int, default=1024)
+    p.add_argument("--limit", type=int_at_least(1), default=None, help="first N problems of each benchmark")
+    p.add_argument("--max-tokens", type=int_at_least(1), default=3072, help="response length limit")
+    p.add_argument("--max-prompt-tokens", type=int_at_least(1), default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "vllm"])
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--tp", type=int, default=1, help="vLLM tensor parallel size")
-    p.add_argument("--match-timeout", type=float, default=2.0, help="seconds per math-verify comparison")
-    p.add_argument("--match-workers", type=int, default=2, help="math-verify worker processes")
+    p.add_argument("--tp", type=int_at_least(1), default=1, help="vLLM tensor parallel size")
+    p.add_argument("--match-timeout", type=number_in(0, above=True), default=2.0,
+                   help="seconds per math-verify comparison")
+    p.add_argument("--match-workers", type=int_at_least(1), default=2, help="math-verify worker processes")
     p.add_argument("--prompts", default="harmony", choices=["harmony", "reference"],
                    help="solver prompt: ours, or the reference code's (as the `reference` training preset)")
     p.add_argument("--out", required=True, help="output folder")
@@ -338,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError("--n, --max-tokens and --limit must be >= 1")
         paths = _parse_paths(args.path)
         names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+        if not names:
+            raise DataError(f"--benchmarks {args.benchmarks!r}: name at least one ({', '.join(BENCHMARKS)})")
         suites = {name: load_benchmark(name, paths.get(name), settings.limit) for name in names}
         for problem in (p for problems in suites.values() for p in problems):
             solver_messages(problem, prompts=settings.prompts)  # a prompt set that does not fit fails here

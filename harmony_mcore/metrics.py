@@ -203,12 +203,13 @@ def summarise(history: list[dict]) -> dict[str, Any]:
     key = eval_key(history)
     if key:
         evals = [(r["step"], r[key]) for r in history if key in r]
-        out.update({"eval_metric": key, "accuracy_before": evals[0][1], "accuracy_last_step": evals[-1][1],
+        out.update({"eval_metric": key, "accuracy_before": evals[0][1],
                     "eval_steps": [s for s, _ in evals], "eval_curve": [v for _, v in evals]})
         during = [(v, s) for s, v in evals if s > 0]
-        if during:
+        if during:  # a run stopped before its next evaluation has no "after" yet
             best, step = max(during, key=lambda e: (e[0], -e[1]))  # the earliest of equal bests
-            out.update({"accuracy_best_validation": best, "best_validation_step": step})
+            out.update({"accuracy_last_step": during[-1][0], "accuracy_best_validation": best,
+                        "best_validation_step": step})
     labels = [r["reward/label_accuracy"] for r in history if "reward/label_accuracy" in r]
     if labels:
         out["label_accuracy_mean"] = sum(labels) / len(labels)
@@ -220,7 +221,11 @@ def report_line(summary: dict[str, Any]) -> str | None:
     """The end-of-run line: accuracy before, at the last step and best over validation, labelled."""
     if "accuracy_before" not in summary:
         return None
-    line = f"accuracy before {summary['accuracy_before']:.3f} -> last step {summary['accuracy_last_step']:.3f}"
+    line = f"accuracy before {summary['accuracy_before']:.3f} -> "
+    if "accuracy_last_step" not in summary:
+        line += f"no evaluation since (stopped at step {summary['steps']})"
+    else:
+        line += f"last step {summary['accuracy_last_step']:.3f}"
     if "accuracy_best_validation" in summary:
         line += (f", best validation {summary['accuracy_best_validation']:.3f} "
                  f"(step {summary['best_validation_step']})")

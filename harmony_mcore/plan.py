@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from harmony_mcore.cli import int_at_least, number_in
 from harmony_mcore.config import ConfigError, RunConfig, load_config
 from harmony_mcore.models import families
 from harmony_mcore.preflight import preflight
@@ -49,8 +50,11 @@ class ModelShape:
     @classmethod
     def from_hf(cls, hf: Any) -> ModelShape:
         """From a config.json dict or transformers config; the family registry supplies the flags."""
+        from harmony_mcore.bridge.mapping import get_mapping
+
         cfg = families.hf_dict(hf)
         family = families.get_family(cfg)
+        get_mapping(cfg)  # dimensions are positive integers and fit together, or a ConfigError naming them
         heads = cfg["num_attention_heads"]
         return cls(
             arch=families.architecture(cfg),
@@ -538,10 +542,13 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="harmony plan", description=__doc__.splitlines()[0])
     ap.add_argument("config", help="a preset name from configs/ or a YAML path")
     ap.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. parallel.tp=4")
-    ap.add_argument("--gpus", type=int, help="GPUs in the job (default: the preset's `fits` note, else TP*PP*DP)")
-    ap.add_argument("--mfu", type=float, default=Assumptions.mfu, help="MFU for the step-time floor")
-    ap.add_argument("--headroom", type=float, default=Assumptions.headroom, help="share of GPU memory kept free")
-    ap.add_argument("--mean-seq-len", type=int,
+    ap.add_argument("--gpus", type=int_at_least(1),
+                    help="GPUs in the job (default: the preset's `fits` note, else TP*PP*DP)")
+    ap.add_argument("--mfu", type=number_in(0, 1, above=True), default=Assumptions.mfu,
+                    help="MFU for the step-time floor")
+    ap.add_argument("--headroom", type=number_in(0, 1), default=Assumptions.headroom,
+                    help="share of GPU memory kept free")
+    ap.add_argument("--mean-seq-len", type=int_at_least(1),
                     help="average prompt+response tokens for FLOPs and time (default: the maximum)")
     ap.add_argument("--no-te", action="store_true", help="no Transformer Engine on the cluster: the local "
                     "spec's attention keeps the s x s scores, and no sequence parallelism")

@@ -9,6 +9,7 @@ is one rank of the SPMD trainer (harmony_mcore.trainer).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def split_args(argv: list[str]) -> list[str]:
     """Let the config be omitted: `harmony train seed=3` means the CPU default with an override."""
-    first = next((a for a in argv if not a.startswith("-")), None)
+    values = {i + 1 for i, a in enumerate(argv) if a == "--nproc"}  # `--nproc 3`: 3 is not the config
+    first = next((a for i, a in enumerate(argv) if not a.startswith("-") and i not in values), None)
     if first is not None and "=" in first:
         return ["cpu", *argv]
     return argv
@@ -56,21 +58,45 @@ def inside_launcher() -> bool:
 
 
 def launch(argv: list[str], nproc: int) -> int:
-    """Re-run this command under torchrun; signals reach the ranks (they checkpoint and exit)."""
+    """Re-run this command under torchrun (the caller holds the run lock); signals reach the ranks
+    (they checkpoint and exit), a second Ctrl-C kills them, and they die with this process."""
     import psutil
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    from harmony_mcore.run_guard import LOCK_ENV, die_with_parent
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           LOCK_ENV: str(os.getpid())}
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("PYTHONWARNINGS", "ignore")  # megatron and transformers are chatty on CPU
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "harmony_mcore.train_cli", *argv]
-    proc = subprocess.Popen(cmd, env=env)
+    # Own session: a terminal's Ctrl-C reaches only this process, which decides what the ranks get
+    # (torchrun's agent would kill them after a grace period, maybe in the middle of a checkpoint).
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    interrupts = 0
+
+    def ranks() -> list:
+        try:
+            return psutil.Process(proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
 
     def forward(signum, frame):
-        # Straight to the ranks (torchrun's children): torchrun's agent does not pass SIGUSR1 on, and
-        # on SIGTERM it would kill the ranks after a grace period, maybe in the middle of a checkpoint.
-        for rank in psutil.Process(proc.pid).children():
-            rank.send_signal(signum)
+        # Straight to the ranks (torchrun's children): torchrun's agent does not pass SIGUSR1 on.
+        nonlocal interrupts
+        interrupts += signum == signal.SIGINT
+        if interrupts >= 2:
+            print("harmony train: second Ctrl-C: killing the ranks (the last checkpoint is kept)", file=sys.stderr)
+            for p in ranks() + [psutil.Process(proc.pid)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            return
+        if signum == signal.SIGINT:
+            print("harmony train: stopping after this step (checkpoint, then exit); Ctrl-C again to kill now",
+                  file=sys.stderr)
+        for rank in ranks():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                rank.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, forward)
@@ -94,18 +120,25 @@ def main(argv: list[str] | None = None) -> int:
             if int(os.environ["RANK"]) == 0 and line:
                 print(f"[harmony] {line}", flush=True)
             return 0
+        from harmony_mcore.checkpoint_check import pick
         from harmony_mcore.preflight import preflight
-        from harmony_mcore.trainer import resolve_model
+        from harmony_mcore.run_guard import lock_output_dir
+        from harmony_mcore.trainer import checkpoint_root, resolve_model
 
-        nproc = nproc_for(cfg, args.nproc)
-        if cfg.model.hf_config:
-            preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything runs
-        _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
-        preflight(cfg, nproc, hf_config)
+        lock = lock_output_dir(Path(cfg.output_dir))  # one run per output_dir, until this process ends
+        try:
+            nproc = nproc_for(cfg, args.nproc)
+            if cfg.model.hf_config:
+                preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything runs
+            _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
+            preflight(cfg, nproc, hf_config)
+            pick(cfg.checkpoint.resume, checkpoint_root(cfg), log=lambda _: None)  # the ranks tell what they skip
+            return launch(argv, nproc)
+        finally:
+            os.close(lock)
     except ConfigError as e:
         print(f"harmony train: {e}", file=sys.stderr)
         return 2
-    return launch(argv, nproc)
 
 
 if __name__ == "__main__":

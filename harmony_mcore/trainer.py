@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from harmony_mcore import run_guard
 from harmony_mcore.algo.loss import shaped_advantages
 from harmony_mcore.algo.schedules import strategy_at
 from harmony_mcore.config import ConfigError, RunConfig
@@ -70,7 +71,7 @@ def resolve_model(cfg: RunConfig, log=print) -> tuple[Path, dict]:
     The toy model is pretrained and cached on first use; a Megatron checkpoint keeps its HF files
     in an `hf/` sub-directory (harmony convert). Checks model.hf_config against the files.
     """
-    from harmony_mcore.bridge.dist_ckpt import is_dist_checkpoint
+    from harmony_mcore.bridge.dist_ckpt import CheckpointError, CheckpointReader, is_dist_checkpoint
 
     if cfg.data.benchmark == TOY and cfg.model.path is None:
         from harmony_mcore import toy
@@ -84,6 +85,11 @@ def resolve_model(cfg: RunConfig, log=print) -> tuple[Path, dict]:
                           "(the tokenizer comes from there)")
     path = Path(cfg.model.path).expanduser()
     hf_dir = path / "hf" if is_dist_checkpoint(path) else path
+    if hf_dir != path:
+        try:
+            CheckpointReader(path)  # damaged or unsafe metadata: refused before any rank starts
+        except CheckpointError as e:
+            raise ConfigError(f"model.path={path}: {e}") from None
     if not (hf_dir / "config.json").is_file():
         raise ConfigError(f"model.path={path}: no config.json there (nor in {path}/hf): download the model or "
                           "convert it with `harmony convert hf-to-mcore`")
@@ -157,6 +163,10 @@ def step_seed(seed: int, step: int, salt: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{salt}".encode()).digest()[:7], "big")
 
 
+def checkpoint_root(cfg: RunConfig) -> Path:
+    return Path(cfg.checkpoint.dir or Path(cfg.output_dir) / "checkpoints").expanduser()
+
+
 # ---- the run ------------------------------------------------------------------------------------
 
 class Trainer:
@@ -173,8 +183,11 @@ class Trainer:
         self.out = Path(cfg.output_dir).expanduser()
         self.rank = int(os.environ.get("RANK", "0"))
         self.stop_requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: finish the step, checkpoint, exit
-            signal.signal(sig, self._on_signal)
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):  # preemption, Ctrl-C: finish the step,
+            signal.signal(sig, self._on_signal)                        # checkpoint, exit
+        run_guard.watch_parent(self._on_launcher_gone)
+        if self.rank == 0 and not os.environ.get(run_guard.LOCK_ENV):  # not launched by `harmony train`
+            self._lock = run_guard.lock_output_dir(self.out)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.hf_dir, hf_config = resolve_model(cfg, log=self._log)
         preflight(cfg, world, hf_config)  # before any process group exists
@@ -211,6 +224,10 @@ class Trainer:
         self._log(f"received {signal.Signals(signum).name}: checkpointing after this step, then exiting")
         self.stop_requested = True
 
+    def _on_launcher_gone(self) -> None:
+        self._log(f"the launcher is gone: checkpointing after this step, exiting within {run_guard.ORPHAN_GRACE_S:.0f} s")
+        self.stop_requested = True
+
     def _should_stop(self) -> bool:
         """Every rank agrees (a signal may reach only some). slurm/train.sbatch asks by creating
         $HARMONY_STOP_FILE; <output_dir>/STOP works anywhere."""
@@ -229,8 +246,6 @@ class Trainer:
         """The model's weights into the policy (converted from HF once, by rank 0), then the reference."""
         from harmony_mcore.bridge.dist_ckpt import is_dist_checkpoint, load_model_weights
 
-        from conversion.common import copy_side_files
-
         src = Path(self.cfg.model.path).expanduser() if self.cfg.model.path else None
         if src is None or not is_dist_checkpoint(src):
             src = self.out / "initial_mcore"  # keeps the HF config + tokenizer in hf/ (for mcore-to-hf)
@@ -238,8 +253,6 @@ class Trainer:
                 from conversion.hf_to_mcore import convert
 
                 convert(self.hf_dir, src, overwrite=True, log=self._log)
-        elif self.rank == 0 and not (self.out / "hf" / "config.json").is_file():
-            copy_side_files(self.hf_dir, self.out / "hf")  # `harmony convert mcore-to-hf` finds them here
         dist.barrier(group=self.gloo)
         load_model_weights(self.policy.modules, src)
         self.policy.sync_reference()
@@ -415,9 +428,13 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         from harmony_mcore import checkpoint
 
+        from conversion.common import copy_side_files
+
         cfg = self.cfg
-        ckpt_dir = Path(cfg.checkpoint.dir or self.out / "checkpoints").expanduser()
-        state = checkpoint.resume(cfg.checkpoint.resume, ckpt_dir, self.policy, self.gloo)
+        ckpt_dir = checkpoint_root(cfg)
+        if self.rank == 0 and not (ckpt_dir / "hf" / "config.json").is_file():
+            copy_side_files(self.hf_dir, ckpt_dir / "hf")  # the config `harmony convert mcore-to-hf` exports with
+        state = checkpoint.resume(cfg.checkpoint.resume, ckpt_dir, self.policy, self.gloo, log=self._log)
         start, history, nonfinite = state.get("step", 0), state.get("history", []), state.get("nonfinite", 0)
         self.log.start(history, resumed_from=start if state else None, total=self.steps)
         if start == 0:

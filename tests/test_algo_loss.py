@@ -28,6 +28,27 @@ def test_ppo_clip_and_dual_clip():
     assert torch.allclose(neg, torch.tensor([[2.0, 0.8, 3.0]]))
 
 
+def test_grpo_advantages_see_the_std_epsilon():
+    # a group whose std (5.8e-5) is close to eps: dropping or moving eps changes A by percents
+    r = torch.tensor([0.0, 1e-4, 0.0, 1e-4], dtype=torch.float64)
+    g = torch.zeros(4, dtype=torch.long)
+    std = r.std(unbiased=True)
+    for eps in (1e-6, 1e-5):
+        want = (r - r.mean()) / (std + eps)
+        assert torch.allclose(grpo_advantages(r, g, eps=eps).double(), want, rtol=1e-6, atol=0)
+    assert not torch.allclose(grpo_advantages(r, g).double(), (r - r.mean()) / std, rtol=1e-3, atol=0)
+
+
+def test_k3_kl_is_clamped():
+    logp = torch.zeros(1, 4)
+    ref = torch.tensor([[0.0, 1.0, 5.0, 30.0]])  # k3 = 0, e - 2, e^5 - 6 (> 10), beyond the log-ratio clamp
+    assert torch.allclose(k3_kl(logp, ref), torch.tensor([[0.0, math.e - 2, 10.0, 10.0]]))
+    assert torch.allclose(k3_kl(logp, ref, clamp=3.0), torch.tensor([[0.0, math.e - 2, 3.0, 3.0]]))
+    mask = torch.ones(1, 4)
+    loss, parts = grpo_view_loss(logp, logp, ref, torch.zeros(1), mask, kl_coef=1.0, kl_clamp=3.0)
+    assert torch.allclose(parts["kl"], torch.tensor((math.e - 2 + 6.0) / 4))
+
+
 def test_k3_kl_nonnegative_and_zero_at_equal():
     logp = torch.randn(4, 5)
     assert torch.allclose(k3_kl(logp, logp), torch.zeros(4, 5))

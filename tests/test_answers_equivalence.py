@@ -228,3 +228,38 @@ def test_modes_refine_each_other(math_eq, answers):
     normalized = _partition(Equivalence("normalized").classes(answers))
     math = _partition(math_eq.classes(answers))
     assert _refines(exact, normalized) and _refines(normalized, math)
+
+
+# ---- budgets: pathological input stays bounded ----------------------------------------------
+
+def _texts(n: int) -> list[str]:
+    # distinct, not plain numbers, no numeric fingerprint shortcut: every pair would need math-verify
+    return [f"\\{{x_{{{k}}}, y\\}}" for k in range(n)]
+
+
+def test_many_distinct_answers_degrade_to_normalized_classes_quickly():
+    import time
+
+    answers = _texts(300) + ["\\{x_{0}, y\\}", "1/2", "0.5"]
+    with Equivalence("math", workers=1) as eq:
+        t0 = time.perf_counter()
+        got = eq.classes(answers)
+        took = time.perf_counter() - t0
+    with Equivalence("normalized") as norm:
+        want = norm.classes(answers)
+    assert took < 20, took  # 44k+ pairs would take minutes under math-verify
+    assert eq.stats.degraded == 1 and eq.stats.calls == 0
+    assert got[:-1] == want[:-1] and got[-1] == got[-2]  # exact numbers are still joined (1/2 = 0.5)
+
+
+def test_time_budgets_bound_a_batch():
+    import time
+
+    with Equivalence("math", workers=1, problem_budget_s=0.5, batch_budget_s=3.0) as eq:
+        eq.warmup()
+        t0 = time.perf_counter()
+        got = eq.classes_batch([_texts(40), _texts(40)[::-1], ["\\sqrt{4}", "2"]])
+        took = time.perf_counter() - t0
+    assert took < 3.0 + 2 * eq.timeout_s + 3, took
+    assert eq.stats.degraded >= 2
+    assert got[0] == list(range(40))  # degraded to normalized: all distinct

@@ -23,7 +23,7 @@ def _qkv_reference(q, k, v, heads, groups, d):
     return torch.cat(rows)
 
 
-@pytest.mark.parametrize("heads,groups", [(8, 1), (8, 2), (8, 8)])
+@pytest.mark.parametrize("heads,groups", [(8, 1), (8, 2), (8, 8), (4, 4)])  # (4, 4): q, k, v all square
 def test_qkv_interleave_matches_per_head_layout_and_inverts(heads, groups):
     m = get_mapping(_cfg(heads=heads, groups=groups))
     d, h = 8, 32
@@ -33,8 +33,8 @@ def test_qkv_interleave_matches_per_head_layout_and_inverts(heads, groups):
     assert torch.equal(fused, _qkv_reference(q, k, v, heads, groups, d))
     back = dict(m.mcore_to_hf(name, fused))
     assert list(back) == [f"model.layers.1.self_attn.{x}_proj.weight" for x in "qkv"]
-    assert torch.equal(back["model.layers.1.self_attn.q_proj.weight"], q)
-    assert torch.equal(back["model.layers.1.self_attn.v_proj.weight"], v)
+    for x, want in zip("qkv", (q, k, v)):
+        assert torch.equal(back[f"model.layers.1.self_attn.{x}_proj.weight"], want), x
 
 
 def test_qkv_bias_for_qwen2_only():

@@ -135,3 +135,18 @@ def test_bad_configs_name_the_fix(name, overrides, fix):
 
 def test_configs_dir_is_the_repo_one():
     assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_typos_non_finite_numbers_and_yaml_errors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown setting algorithm.consensus.stratgy \(did you mean "
+                                          r"algorithm.consensus.strategy\?\)"):
+        load_config("cpu", ["+algorithm.consensus.stratgy=majority"])
+    for value in ("inf", "nan", "-inf"):
+        with pytest.raises(ConfigError, match="algorithm.lr: must be a finite number"):
+            load_config("cpu", [f"algorithm.lr={value}"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults:\n  - cpu\nseed: [1, 2\n")
+    with pytest.raises(ConfigError, match="YAML syntax error") as e:
+        load_config(str(bad))
+    assert "\n" not in str(e.value)
+    assert load_config("cpu", ["+model.hf_config.rope_scaling=null"]).model.hf_config["rope_scaling"] is None

@@ -1,7 +1,12 @@
 """HF -> Megatron -> HF conversion: bit-exact round trips and a clear error for every bad input."""
 
 import json
+import os
+import shutil
+import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,8 @@ from harmony_mcore.bridge.mapping import MappingError
 from harmony_mcore.config import ConfigError
 from harmony_mcore.bridge.safetensors_io import SafetensorsError
 from tests.conversion_models import hf_model, save_char_tokenizer, save_hf_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _hf_tensors(path):
@@ -151,6 +158,53 @@ def test_existing_output_and_failed_run_leave_nothing(tiny, tmp_path, monkeypatc
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["hf"]
 
 
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_deletes_inputs_or_foreign_folders(tiny, tmp_path, capsys):
+    """--overwrite replaces only a folder harmony convert wrote, never one that is, holds or sits
+    inside an input (each of these deleted user data before)."""
+    mc = tmp_path / "mc"
+    assert convert_main(["hf-to-mcore", "--hf", str(tiny), "--out", str(mc)]) == 0
+    run = tmp_path / "run"  # a run directory: checkpoints + metrics
+    (run / "checkpoints/step_0000002").mkdir(parents=True)
+    shutil.copytree(mc, run / "checkpoints/step_0000002/model")
+    (run / "metrics.jsonl").write_text("{}\n")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious")
+    before = {p: _tree(p) for p in (tiny, mc, run, foreign)}
+    cases = [["hf-to-mcore", "--hf", str(tiny), "--out", str(tmp_path)],  # the input's parent
+             ["hf-to-mcore", "--hf", str(tiny), "--out", str(tiny)],  # the input itself
+             ["hf-to-mcore", "--hf", str(tiny), "--out", str(foreign)],  # not ours
+             ["mcore-to-hf", "--ckpt", str(mc), "--out", str(mc / "hf")],  # inside the input
+             ["mcore-to-hf", "--ckpt", str(run), "--out", str(run)],  # the run folder
+             ["mcore-to-hf", "--ckpt", str(mc), "--out", str(tiny / "config.json" / "x")]]  # under a file
+    for argv in cases:
+        assert convert_main(argv + ["--overwrite"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert {p: _tree(p) for p in before} == before
+    # what it wrote itself it may replace; a symlink to the input is resolved and refused
+    assert convert_main(["hf-to-mcore", "--hf", str(tiny), "--out", str(mc), "--overwrite"]) == 0
+    (tmp_path / "link").symlink_to(tiny)
+    assert convert_main(["hf-to-mcore", "--hf", str(tiny), "--out", str(tmp_path / "link"), "--overwrite"]) == 2
+    assert _tree(tiny) == before[tiny]
+
+
+def test_sigterm_during_conversion_leaves_no_temporary_folder(tiny, tmp_path):
+    script = (f"import os, signal\nfrom conversion import hf_to_mcore\n"
+              f"orig = hf_to_mcore.SafetensorsReader.get\n"
+              f"def get(self, *a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return orig(self, *a, **k)\n"
+              f"hf_to_mcore.SafetensorsReader.get = get\n"
+              f"hf_to_mcore.convert({str(tiny)!r}, {str(tmp_path / 'mc')!r})\n")
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
 def test_tp_and_pp_must_divide(tiny, tmp_path):
     with pytest.raises(MappingError, match="tensor parallel size 2 does not divide num_key_value_heads=1"):
         hf_to_mcore.convert(tiny, tmp_path / "mc", tp=2, log=_quiet)
@@ -271,15 +325,56 @@ def test_quantize_fp8_on_gpu(tmp_path):
 
 
 def test_finds_checkpoint_and_hf_files_in_a_run_directory(tiny, tmp_path):
-    # the trainer's layout: RUN/initial_mcore (converted, with hf/) and RUN/checkpoints/step_*/model
+    # the trainer's layout: RUN/checkpoints/step_*/model, and the run's HF config in RUN/checkpoints/hf
     run = tmp_path / "run"
-    hf_to_mcore.convert(tiny, run / "initial_mcore", log=_quiet)
     for step in (10, 20):
         hf_to_mcore.convert(tiny, run / f"checkpoints/step_{step:07d}/model", log=_quiet)
-        (run / f"checkpoints/step_{step:07d}/model/hf/config.json").unlink()  # the trainer keeps none there
+        shutil.rmtree(run / f"checkpoints/step_{step:07d}/model/hf")  # the trainer keeps none there
     (run / "checkpoints/step_0000020/optimizer").mkdir()
     assert mcore_to_hf.find_checkpoint(run) == run / "checkpoints/step_0000020/model"
     assert mcore_to_hf.find_checkpoint(run / "checkpoints/step_0000010") == run / "checkpoints/step_0000010/model"
+    # a neighbouring model's hf/ is never used: without the run's own config the export is refused
+    hf_to_mcore.convert(tiny, run / "other_model", log=_quiet)
+    with pytest.raises(ConversionError, match="pass --hf-config"):
+        mcore_to_hf.convert(run, tmp_path / "out", log=_quiet)
+    shutil.copytree(tiny, run / "checkpoints/hf", ignore=shutil.ignore_patterns("*.safetensors"))
     info = mcore_to_hf.convert(run, tmp_path / "out", log=_quiet)
-    assert info["hf_config"] == str(run / "initial_mcore/hf")
+    assert info["hf_config"] == str(run / "checkpoints/hf")
     assert (tmp_path / "out/config.json").read_bytes() == (tiny / "config.json").read_bytes()
+
+
+def _raw_safetensors(path: Path, header, data: bytes = b"") -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def _overlapping(d: Path) -> None:
+    (d / "model.safetensors").unlink()
+    f32 = {"dtype": "F32", "shape": [2]}
+    _raw_safetensors(d / "model.safetensors", {"a": {**f32, "data_offsets": [0, 8]},
+                                               "b": {**f32, "data_offsets": [4, 12]}}, bytes(12))
+
+
+def _index(d: Path, weight_map) -> None:
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+@pytest.mark.parametrize("damage, msg", [
+    (lambda d: _raw_safetensors(d / "model.safetensors", [1, 2]), "not an object"),
+    (lambda d: _raw_safetensors(d / "model.safetensors", {"a": [1]}), "corrupt safetensors header entry"),
+    (_overlapping, "overlap"),
+    (lambda d: _index(d, ["model.safetensors"]), "weight_map must map"),
+    (lambda d: _index(d, {"lm_head.weight": "../outside.safetensors"}), "outside the model folder"),
+    (lambda d: _rewrite_weights(d, lambda t: t.update({k: v.to(torch.int32) for k, v in t.items()})),
+     "only float32, float16 and bfloat16"),
+    (lambda d: _edit_config(d, hidden_size=None), "hidden_size=None; it must be a positive integer"),
+    (lambda d: _edit_config(d, num_attention_heads=0), "num_attention_heads=0"),
+    (lambda d: (d / "config.json").write_text("[]"), "config.json: not a JSON object"),
+])
+def test_hostile_hf_inputs_are_one_line_errors(tiny, tmp_path, capsys, damage, msg):
+    (tmp_path / "outside.safetensors").write_bytes(b"never read")
+    damage(tiny)
+    assert convert_main(["hf-to-mcore", "--hf", str(tiny), "--out", str(tmp_path / "mc")]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "mc").exists()

@@ -54,6 +54,19 @@ def test_harmony_eval_rejects_bad_input(tiny_model_dir, tmp_path, capsys):
     assert main(["eval", "--model", str(tiny_model_dir), "--benchmarks", "gpqa-diamond",
                  "--out", str(tmp_path / "o")]) == 2
     assert "SOURCES.md" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_model_dir), "--benchmarks", " , ", "--out", str(tmp_path / "o")]) == 2
+    assert "name at least one" in capsys.readouterr().err
+    for flag, value in (("--temperature", "-1"), ("--top-p", "2"), ("--match-workers", "0"),
+                        ("--match-timeout", "0"), ("--limit", "-1")):
+        with pytest.raises(SystemExit):
+            main(["eval", "--model", str(tiny_model_dir), flag, value, "--out", str(tmp_path / "o")])
+        assert f"argument {flag}: must be" in capsys.readouterr().err
+    bare = tmp_path / "no_tokenizer"
+    bare.mkdir()
+    (bare / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    assert main(["eval", "--model", str(bare), "--benchmarks", "aime24", "--out", str(tmp_path / "o")]) == 2
+    assert "no tokenizer files" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_harmony_data_reframe_end_to_end(tiny_model_dir, tmp_path, capsys):

@@ -203,6 +203,10 @@ def test_bad_inputs_name_the_fix():
         plan.plan_run(load_config("qwen3-8b-math500", ["model.hf_config=null", "model.path=/nonexistent/model"]))
     with pytest.raises(ConfigError, match="supported are"):
         plan.ModelShape.from_hf({"architectures": ["MistralForCausalLM"]})
+    hf = dict(_preset("qwen3-4b-math500").model.hf_config)
+    for key in ("hidden_size", "num_attention_heads", "num_hidden_layers"):
+        with pytest.raises(ConfigError, match=f"{key}=0; it must be a positive integer"):
+            plan.ModelShape.from_hf({**hf, key: 0})
 
 
 def test_cli_json_and_errors(capsys):

@@ -151,3 +151,17 @@ def test_reference_path_votes_exact_and_rewards_with_a_looser_equivalence():
     algo = AlgorithmConfig(sharpness_coef=0.0, consensus=ConsensusConfig(match="exact", reward_match="normalized"))
     assert Reducer(algo).compute(rows, step=0).rewards == [1, 1, 0, 1, 1]
     assert Reducer(AlgorithmConfig(consensus=ConsensusConfig(match="exact"))).reward_equivalence is None
+
+
+def test_reward_equivalence_path_keeps_each_views_own_label():
+    """`self` strategy: each view has its own label; with exact votes and normalized rewards, a
+    view's responses are rewarded against that view's label, never another view's."""
+    from harmony_mcore.answers import Equivalence
+
+    rows = [Record("a", 0, "3"), Record("a", 0, "3"), Record("a", 0, "4"),
+            Record("a", 1, "\\frac{1}{2}"), Record("a", 1, "\\frac{1}{2}"), Record("a", 1, "\\dfrac{1}{2}"),
+            Record("a", 1, "3")]
+    out = compute_batch(rows, equivalence=Equivalence("exact"), strategy=get_strategy("self"),
+                        reward_equivalence=Equivalence("normalized"), options=RewardOptions(sharpness_coef=0.0))
+    assert out.problems[0].label_answers == ("3", "\\frac{1}{2}")
+    assert out.rewards == [1, 1, 0, 1, 1, 1, 0]

@@ -46,6 +46,7 @@ def test_split_args_and_nproc():
     assert train_cli.split_args([]) == []
     assert train_cli.split_args(["seed=3"]) == ["cpu", "seed=3"]
     assert train_cli.split_args(["qwen3-4b-math500", "seed=3"]) == ["qwen3-4b-math500", "seed=3"]
+    assert train_cli.split_args(["--nproc", "3", "seed=2"]) == ["cpu", "--nproc", "3", "seed=2"]
     assert train_cli.nproc_for(load_config("cpu"), None) == 2
     assert train_cli.nproc_for(load_config("cpu", ["parallel=cpu-pp2"]), None) == 2
     assert train_cli.nproc_for(load_config("cpu"), 4) == 4

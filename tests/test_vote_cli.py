@@ -222,3 +222,87 @@ def test_labels_and_rewards_do_not_depend_on_row_order(tmp_path, strategy):
             by_row[pos] = r["reward"]
         results.append((_read(out), by_row))
     assert all(r == results[0] for r in results[1:])
+
+
+# ---- nothing lost: aliasing, links, special files, failures -------------------------------------
+
+def _snapshot(folder):
+    return {p.name: (p.is_symlink(), p.read_bytes() if p.is_file() else None) for p in sorted(folder.iterdir())}
+
+
+def test_outputs_never_replace_the_input_each_other_links_or_special_files(tmp_path, capsys):
+    inp = _write(tmp_path / "r.jsonl", SYNTH)
+    (tmp_path / "old.jsonl").write_text("earlier labels\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "old.jsonl")
+    (tmp_path / "hard.jsonl").hardlink_to(tmp_path / "r.jsonl")
+    (tmp_path / "dir").mkdir()
+    before = _snapshot(tmp_path)
+    cases = [["--output", inp], ["--output", str(tmp_path / "o.jsonl"), "--rewards", inp],
+             ["--output", str(tmp_path / "o.jsonl"), "--rewards", str(tmp_path / "o.jsonl")],
+             ["--output", str(tmp_path / "hard.jsonl")],  # the input under another name
+             ["--output", str(tmp_path / "sub" / ".." / "r.jsonl")],
+             ["--output", str(tmp_path / "link.jsonl")], ["--output", str(tmp_path / "dir")],
+             ["--output", "/dev/null"]]
+    for extra in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["--input", inp, "--match", "exact", *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("harmony vote"), extra
+    assert _snapshot(tmp_path) == before
+
+
+def test_both_outputs_or_neither(tmp_path, monkeypatch, capsys):
+    import os as os_module
+
+    from harmony_mcore.consensus import vote_cli
+
+    inp = _write(tmp_path / "r.jsonl", SYNTH)
+    out, rew = tmp_path / "labels.jsonl", tmp_path / "rewards.jsonl"
+    out.write_text("old labels\n")
+    real_replace = os_module.replace
+    calls = []
+
+    def second_rename_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(vote_cli.os, "replace", second_rename_fails)
+    assert main(["--input", inp, "--match", "exact", "--output", str(out), "--rewards", str(rew)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert out.read_text() == "old labels\n" and not rew.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.jsonl", "r.jsonl"]  # no temporary files
+
+
+def test_outputs_are_normal_files_respecting_the_umask(tmp_path):
+    import os as os_module
+
+    inp = _write(tmp_path / "r.jsonl", SYNTH)
+    old = os_module.umask(0o027)
+    try:
+        assert main(["--input", inp, "--match", "exact", "--output", str(tmp_path / "o.jsonl")]) == 0
+    finally:
+        os_module.umask(old)
+    assert (tmp_path / "o.jsonl").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("content, msg", [
+    (b'{"problem_id": 1, "view": 0, "answer": "\xff\xfe"}\n', "not UTF-8"),
+    (b'{"problem_id": 1, "view": 0, "answer": "\\ud800"}\n', "lone UTF-16 surrogate"),
+    (b"[" * 100000 + b"\n", "nested too deeply"),
+])
+def test_undecodable_input_is_a_clear_error(tmp_path, capsys, content, msg):
+    (tmp_path / "r.jsonl").write_bytes(content)
+    assert main(["--input", str(tmp_path / "r.jsonl"), "--match", "exact", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_non_finite_numbers_are_refused(tmp_path, capsys):
+    inp = _write(tmp_path / "r.jsonl", SYNTH)
+    for extra in (["--strategy", "power-mean", "--k", "nan"], ["--min-score", "inf"], ["--timeout", "nan"]):
+        with pytest.raises(SystemExit) as e:
+            main(["--input", inp, "--output", str(tmp_path / "o"), *extra])
+        assert e.value.code == 2 and "finite" in capsys.readouterr().err

@@ -19,6 +19,11 @@ Relation used in `math` mode, between two distinct normalized forms a, b:
 - a form longer than `max_len`, one that would evaluate to an astronomically large number,
   or one whose parse timed out or crashed (or that took part in two timed-out pairs)
   equals nothing but itself; a timed-out pair counts as not equal.
+Budgets keep pathological input bounded (pairs grow with the square of distinct answers): a problem
+with more than `max_pairs` pairs left for math-verify, or whose math-verify work runs longer than
+`problem_budget_s`, or that is still waiting when one call has run `batch_budget_s`, falls back to
+its normalized classes (plus the exact-number and cached results, which cost nothing); the count is
+`stats.degraded` (logged as equivalence/degraded, and reported by `harmony vote`).
 Classes are the connected components of that relation (union-find): a non-transitive
 "equality" chain a~b, b~c merges a, b, c. Components do not depend on answer order.
 """
@@ -193,6 +198,7 @@ class EquivalenceStats:
     rejected_too_long: int = 0  # forms longer than max_len, never given to math-verify
     rejected_huge: int = 0  # forms whose evaluation would build astronomically large numbers
     unparsed: int = 0  # forms math-verify could not parse (equal only to themselves)
+    degraded: int = 0  # problems that hit a budget and fell back to normalized classes
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -203,7 +209,7 @@ class _Job:
     order). Forms from n_parse on carry the parent's numeric fingerprint in `prints` and are
     parsed inside a pair op only if that pair needs math-verify."""
 
-    __slots__ = ("forms", "prints", "n_parse", "pairs", "codes", "bad", "dead", "strikes")
+    __slots__ = ("forms", "prints", "n_parse", "pairs", "codes", "bad", "dead", "strikes", "started", "degraded")
 
     def __init__(self, forms: list[str], pairs: list[tuple[int, int]],
                  prints: list[tuple | None] | None = None):
@@ -215,6 +221,8 @@ class _Job:
         self.bad: set[int] = set()  # forms whose remaining pairs are skipped
         self.dead: set[int] = set()  # ... and which are never retried (timeouts, crashes, huge)
         self.strikes: dict[int, int] = {}  # verify timeouts each form took part in
+        self.started: float | None = None  # when a worker first took it (its budget runs from there)
+        self.degraded = False  # over budget: its results are not used
 
     @property
     def n_ops(self) -> int:
@@ -270,6 +278,7 @@ class _Pool:
 
     def _send(self, slot: _Slot, job: _Job) -> None:
         slot.job, slot.since = job, time.monotonic()
+        job.started = job.started or slot.since
         slot.conn.send((job.forms, job.prints, job.n_parse, job.pairs, len(job.codes), job.bad))
 
     def _give_up_current(self, i: int, kind: str) -> _Job:
@@ -333,15 +342,35 @@ class _Pool:
                 f"`{sys.executable} -c 'import math_verify'` works in this environment"
             )
 
-    def run(self, jobs: list[_Job]) -> None:
-        """Fill each job's codes; never waits longer than timeout_s on one operation."""
+    def _over_budget(self, i: int, why: str) -> None:
+        """Abandon the job in slot i (its results are not used) and replace the busy worker."""
+        job = self.slots[i].job
+        job.degraded = True
+        self.incidents.append(("budget", why, f"{len(job.forms)} forms, {len(job.pairs)} pairs"))
+        self._replace(i)
+        self.slots[i].job = None
+
+    def run(self, jobs: list[_Job], job_budget_s: float = float("inf"), total_budget_s: float = float("inf")) -> None:
+        """Fill each job's codes; never waits longer than timeout_s on one operation, job_budget_s on
+        one job, or total_budget_s in all (jobs over a budget are marked `degraded`)."""
         todo = deque(j for j in jobs if j.n_ops)
+        end = time.monotonic() + total_budget_s
         while todo or any(s.job is not None for s in self.slots):
+            if time.monotonic() > end:
+                for job in todo:
+                    job.degraded = True
+                todo.clear()
             for slot in self.slots:
                 if slot.ready and slot.job is None and todo:
                     self._send(slot, todo.popleft())
             now = time.monotonic()
-            deadlines = [s.since + self.timeout_s for s in self.slots if s.job is not None]
+            for i, slot in enumerate(self.slots):
+                if slot.job is not None and (now - slot.job.started > job_budget_s or now > end):
+                    self._over_budget(i, "problem" if now <= end else "batch")
+            if not (todo or any(s.job is not None for s in self.slots)):
+                break
+            deadlines = [min(s.since + self.timeout_s, s.job.started + job_budget_s, end)
+                         for s in self.slots if s.job is not None]
             wait_s = max(0.0, min(deadlines) - now) if deadlines else 1.0
             conns = {s.conn: i for i, s in enumerate(self.slots)}
             conns[self.spare.conn] = -1
@@ -420,7 +449,8 @@ class Equivalence:
     """
 
     def __init__(self, mode: str = "math", timeout_s: float = 2.0, workers: int = 2,
-                 max_len: int = 1000, cache_size: int = 200_000, worker_mem_mb: int | None = 4096):
+                 max_len: int = 1000, cache_size: int = 200_000, worker_mem_mb: int | None = 4096,
+                 max_pairs: int = 5000, problem_budget_s: float = 30.0, batch_budget_s: float = 120.0):
         if mode not in MODES:
             raise ValueError(f"Equivalence mode={mode!r}: use one of {', '.join(MODES)}")
         if not timeout_s > 0:
@@ -429,6 +459,7 @@ class Equivalence:
             raise ValueError(f"Equivalence workers={workers}: need at least 1 worker process")
         self.mode, self.timeout_s, self.workers = mode, float(timeout_s), int(workers)
         self.max_len, self.cache_size, self.worker_mem_mb = max_len, cache_size, worker_mem_mb
+        self.max_pairs, self.problem_budget_s, self.batch_budget_s = max_pairs, problem_budget_s, batch_budget_s
         self.stats = EquivalenceStats()
         self.incidents: deque[tuple[str, str, str]] = deque(maxlen=1000)  # (kind, op, form[:200])
         self._cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
@@ -534,7 +565,10 @@ class Equivalence:
                             uf.union(i, j)
             todo = [(i, j) for i, j in todo if uf.find(i) != uf.find(j)]
             job = None
-            if todo:
+            if len(todo) > self.max_pairs:
+                self.stats.degraded += 1
+                self.incidents.append(("budget", "pairs", f"{len(fs)} forms, {len(todo)} pairs"))
+            elif todo:
                 # forms without a numeric fingerprint first: they get explicit parse ops
                 used = sorted({k for p in todo for k in p}, key=lambda k: (prints[k] is not None, k))
                 local = {k: n for n, k in enumerate(used)}
@@ -543,10 +577,12 @@ class Equivalence:
             jobs.append((fs, uf, job))
         work = [job for _, _, job in jobs if job is not None]
         if work:
-            self._ensure_pool().run(work)
+            self._ensure_pool().run(work, self.problem_budget_s, self.batch_budget_s)
         roots = []
         for fs, uf, job in jobs:
-            if job is not None:
+            if job is not None and job.degraded:
+                self.stats.degraded += 1
+            elif job is not None:
                 n = job.n_parse
                 self.stats.unparsed += job.codes[:n].count(W.UNPARSED)
                 self._dead_forms.update(job.forms[k] for k in job.dead)

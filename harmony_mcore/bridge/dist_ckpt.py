@@ -10,6 +10,9 @@ of any TP/PP asks for exactly these keys, and DCP reads the overlapping chunks (
   while DCP writes them (a custom SavePlanner resolves each chunk only when it is written).
 - `CheckpointReader`: reads any sub-block of a stored tensor (e.g. one layer).
 - `load_model_weights`: load such a checkpoint into live megatron model chunks (trainer, tests).
+
+Both first route PyTorch's (and Megatron's) checkpoint reading through harmony_mcore.safe_pickle,
+so a crafted `.metadata` is refused instead of run.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadat
 from torch.distributed.checkpoint.planner import (LoadPlan, LoadPlanner, SavePlan, SavePlanner,
                                                   TensorWriteData, WriteItem, WriteItemType)
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+from harmony_mcore import safe_pickle
 
 CONFIG_NAME = "metadata.json"  # megatron's marker of a dist checkpoint
 COMMON_NAME = "common.pt"
@@ -187,15 +192,35 @@ class CheckpointReader:
         if backend != "torch_dist":
             raise CheckpointError(f"{self.path}: sharded_backend {backend!r}; only torch_dist checkpoints "
                                   "are supported (save with megatron's default torch_dist format)")
+        safe_pickle.guard()
         self._reader = FileSystemReader(str(self.path))
         try:
             metadata = self._reader.read_metadata()
+        except safe_pickle.UnsafeCheckpointError as e:
+            raise CheckpointError(f"{self.path / '.metadata'}: {e}") from None
         except Exception as e:  # unpickling a damaged file raises many kinds of errors
             raise CheckpointError(f"{self.path / '.metadata'}: missing, truncated or corrupt ({e})") from None
+        if not isinstance(getattr(metadata, "state_dict_metadata", None), dict):
+            raise CheckpointError(f"{self.path / '.metadata'}: not torch.distributed.checkpoint metadata (corrupt?)")
         self._reader.set_up_storage_reader(metadata, True)
+        self._storage = metadata.storage_data
         self.tensors: dict[str, TensorStorageMetadata] = {
             k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
         self.other_keys = sorted(set(metadata.state_dict_metadata) - set(self.tensors))
+
+    def missing_data(self) -> list[str]:
+        """What the metadata promises but the folder lacks: missing or truncated data files, common.pt."""
+        need: dict[str, int] = {}
+        for info in (self._storage or {}).values():
+            name = str(info.relative_path)
+            need[name] = max(need.get(name, 0), int(info.offset) + int(info.length))
+        problems = [f"{name} is missing" if not (self.path / name).is_file() else
+                    f"{name} is truncated ({(self.path / name).stat().st_size} of {size} bytes)"
+                    for name, size in sorted(need.items())
+                    if not (self.path / name).is_file() or (self.path / name).stat().st_size < size]
+        if not (self.path / COMMON_NAME).is_file():
+            problems.append(f"{COMMON_NAME} is missing")
+        return problems
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.tensors[key].size)
@@ -239,7 +264,10 @@ def load_model_weights(model_chunks: Sequence[torch.nn.Module], path: str | os.P
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    stored = CheckpointReader(path)
+    stored = CheckpointReader(path)  # refuses unsafe metadata before megatron reads it (guarded too)
+    damaged = stored.missing_data()
+    if damaged:
+        raise CheckpointError(f"{path}: incomplete checkpoint: {'; '.join(damaged[:3])}")
     stored_objects = {k.split("/shard_")[0] for k in stored.other_keys}
     for model in model_chunks:
         sharded = model.sharded_state_dict()
@@ -251,7 +279,11 @@ def load_model_weights(model_chunks: Sequence[torch.nn.Module], path: str | os.P
         if missing_keys:
             raise CheckpointError(f"{path}: checkpoint lacks {missing_keys[:5]} (built for another model "
                                   "family or config?)")
-        loaded = dist_checkpointing.load(sharded, str(path))
+        try:
+            loaded = dist_checkpointing.load(sharded, str(path))
+        except Exception as e:  # damaged data files fail in many ways inside torch/megatron
+            raise CheckpointError(f"{path}: cannot be loaded ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:300]}); the checkpoint is damaged") from None
         result = model.load_state_dict(loaded, strict=False)
         missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
         if missing or result.unexpected_keys:

@@ -118,6 +118,16 @@ def _template(name: str) -> tuple[str, int | None]:
     return name[: m.start()] + ".layers.{i}." + name[m.end():], int(m.group(1))
 
 
+def _size(hf_config: Any, key: str, default: int | None = None) -> int:
+    """A positive integer dimension of the config (a missing, zero or non-integer one is a MappingError)."""
+    value = _get(hf_config, key)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MappingError(f"config.json: {key}={value!r}; it must be a positive integer (is this the model's "
+                           "own config.json?)")
+    return value
+
+
 def shift_layer(name: str, offset: int) -> str:
     """Renumber the layer in a name by `offset` (local PP-stage number + stage offset = global)."""
     tmpl, i = _template(name)
@@ -144,13 +154,13 @@ class Mapping:
         for flag in ("attention_bias", "mlp_bias"):
             if _get(hf_config, flag, False) and not (flag == "attention_bias" and self.family.qkv_bias):
                 raise MappingError(f"{self.arch} with {flag}=true is not supported: only Qwen2 has (q/k/v) biases")
-        self.num_layers = int(_get(hf_config, "num_hidden_layers"))
-        self.hidden = int(_get(hf_config, "hidden_size"))
-        self.heads = int(_get(hf_config, "num_attention_heads"))
-        self.groups = int(_get(hf_config, "num_key_value_heads") or self.heads)
-        self.head_dim = int(_get(hf_config, "head_dim") or self.hidden // self.heads)
-        self.ffn = int(_get(hf_config, "intermediate_size"))
-        self.vocab = int(_get(hf_config, "vocab_size"))
+        self.num_layers = _size(hf_config, "num_hidden_layers")
+        self.hidden = _size(hf_config, "hidden_size")
+        self.heads = _size(hf_config, "num_attention_heads")
+        self.groups = _size(hf_config, "num_key_value_heads", self.heads)
+        self.head_dim = _size(hf_config, "head_dim", self.hidden // self.heads)
+        self.ffn = _size(hf_config, "intermediate_size")
+        self.vocab = _size(hf_config, "vocab_size")
         self.tied = bool(_get(hf_config, "tie_word_embeddings", False))
         if self.heads % self.groups:
             raise MappingError(f"num_attention_heads={self.heads} is not a multiple of "

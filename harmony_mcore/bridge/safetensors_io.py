@@ -53,27 +53,33 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
             raise SafetensorsError(f"{path}: truncated or corrupt safetensors file (header length {n})")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise SafetensorsError(f"{path}: truncated or corrupt safetensors file (bad header: {e})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     out = {}
     for name, meta in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype = DTYPES[meta["dtype"]]
-            begin, end = meta["data_offsets"]
+            begin, end = (int(x) for x in meta["data_offsets"])
             shape = tuple(int(s) for s in meta["shape"])
         except (KeyError, TypeError, ValueError):
-            raise SafetensorsError(f"{path}: corrupt safetensors header entry for {name!r}: {meta}") from None
+            raise SafetensorsError(f"{path}: corrupt safetensors header entry for {name!r}: {str(meta)[:200]}") from None
         numel = 1
         for s in shape:
             numel *= s
-        if end - begin != numel * dtype.itemsize:
+        if begin < 0 or min(shape, default=0) < 0 or end - begin != numel * dtype.itemsize:
             raise SafetensorsError(f"{path}: corrupt entry {name!r}: {end - begin} bytes for shape {shape}")
         if 8 + n + end > size:
             raise SafetensorsError(f"{path}: truncated safetensors file ({size} bytes, tensor {name!r} "
                                    f"ends at {8 + n + end}); re-download or re-export it")
         out[name] = TensorInfo(path, dtype, shape, 8 + n + begin, end - begin)
+    spans = sorted((info.start, info.start + info.nbytes, name) for name, info in out.items() if info.nbytes)
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+        if begin < end:  # two tensors sharing bytes: a crafted or corrupt file
+            raise SafetensorsError(f"{path}: corrupt safetensors header: tensors {a!r} and {b!r} overlap")
     return out
 
 
@@ -86,9 +92,14 @@ class SafetensorsReader:
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise SafetensorsError(f"{index}: corrupt index ({e})") from None
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
+                raise SafetensorsError(f"{index}: corrupt index ({type(e).__name__}: {e})") from None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise SafetensorsError(f"{index}: corrupt index (weight_map must map tensor names to file names)")
             files = sorted(set(weight_map.values()))
+            outside = [f for f in files if Path(f).name != f or f in ("", ".", "..")]
+            if outside:  # e.g. ../outside.safetensors: never read outside the model folder
+                raise SafetensorsError(f"{index}: weight_map names files outside the model folder: {outside[:3]}")
         elif (self.dir / SINGLE_NAME).exists():
             weight_map, files = None, [SINGLE_NAME]
         else:

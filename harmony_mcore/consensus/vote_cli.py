@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -52,11 +53,38 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--pi applies to --strategy weighted-invariant only")
     if a.pi is not None and not 0 <= a.pi <= 1:
         p.error("--pi must be in [0, 1]")
+    for name in ("k", "lam", "pi", "min_score", "timeout"):
+        if getattr(a, name) is not None and not math.isfinite(getattr(a, name)):
+            p.error(f"--{'lambda' if name == 'lam' else name.replace('_', '-')} must be a finite number")
     if a.timeout <= 0 or a.workers < 1:
         p.error("--timeout must be > 0 and --workers >= 1")
-    for out in (a.output, a.rewards):
-        if out and not Path(out).resolve().parent.is_dir():
-            p.error(f"the folder of {out} does not exist: create it first")
+    problem = output_problem({"--input": a.input, "--output": a.output, "--rewards": a.rewards})
+    if problem:
+        p.error(problem)
+
+
+def output_problem(files: dict[str, str | None]) -> str | None:
+    """Why writing the outputs among `files` (flag -> path, --input first) could lose data (None:
+    safe): one that is the input or another output (also through links), a symlink (replacing it
+    would cut the link), not a regular file (a folder, a device, a pipe), or in a missing folder."""
+    seen: list[tuple[str, str]] = []
+    for flag, path in files.items():
+        if path is None:
+            continue
+        if flag != "--input":
+            p = Path(path)
+            if p.is_symlink():
+                return f"{flag} {path} is a symbolic link: give the path of the file itself (or another name)"
+            if p.exists() and not p.is_file():
+                return f"{flag} {path} exists and is not a regular file (a folder or a device): choose another path"
+            if not p.resolve().parent.is_dir():
+                return f"the folder of {flag} {path} does not exist: create it first"
+        for other_flag, other in seen:
+            if os.path.realpath(path) == os.path.realpath(other) or (
+                    os.path.exists(path) and os.path.exists(other) and os.path.samefile(path, other)):
+                return f"{flag} {path} is the same file as {other_flag}: writing it would destroy that; use distinct paths"
+        seen.append((flag, path))
+    return None
 
 
 def _record(row, where: str) -> Record:
@@ -87,24 +115,41 @@ def _record(row, where: str) -> Record:
     gt = row.get("ground_truth")
     if gt is not None and (not isinstance(gt, (str, int, float)) or isinstance(gt, bool)):
         raise InputError(f"{where}: ground_truth must be a string, a number or null, got {gt!r}")
+    for value in (pid, answer, gt):
+        if isinstance(value, str) and not _encodable(value):
+            raise InputError(f"{where}: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
     return Record(pid, view, answer, None if gt is None else str(gt))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def read_rollouts(path: str) -> list[Record]:
     records = []
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except OSError as e:
         raise InputError(f"cannot read --input {path}: {e.strerror}") from None
     with f:
-        for n, line in enumerate(f, 1):
+        for n, raw in enumerate(f, 1):
+            where = f"{path} line {n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{where}: not UTF-8 text (byte {e.start + 1}): save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path} line {n}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise InputError(f"{where}: JSON nested too deeply (expected one flat object per line)") from None
             records.append(_record(row, where))
     if not records:
         raise InputError(f"{path}: no rollouts (expected one JSON object per line)")
@@ -140,24 +185,46 @@ def label_rows(result: BatchResult, per_view: bool) -> list[dict]:
 
 
 def _write_jsonl_atomic(rows_by_path: dict[str, list[dict]]) -> None:
-    """Write every file to a temporary sibling, then rename them all into place."""
-    temps = []
+    """Write every file to a temporary sibling, then rename them all into place: all or none (if a
+    rename fails, the files already renamed are put back as they were)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    temps, backups, done = [], {}, []
     try:
         for path, rows in rows_by_path.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=Path(path).resolve().parent)
             temps.append((tmp, path))
+            os.fchmod(fd, 0o666 & ~umask)  # a normal file, not mkstemp's 0600
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
         for tmp, path in temps:
-            os.replace(tmp, path)
+            if os.path.exists(path):
+                backups[path] = tmp + ".old"
+                os.link(path, backups[path])
+        try:
+            for tmp, path in temps:
+                os.replace(tmp, path)
+                done.append(path)
+        except BaseException:
+            for path in done:
+                os.replace(backups[path], path) if path in backups else os.unlink(path)
+            raise
     finally:
-        for tmp, _ in temps:
+        for tmp in [t for t, _ in temps] + list(backups.values()):
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("harmony vote: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str] | None) -> int:
     from harmony_mcore.answers import Equivalence
 
     parser = _parser()
@@ -181,11 +248,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.rewards:
         outputs[args.rewards] = [{"problem_id": r.problem_id, "view": r.view, "answer": a, "reward": w}
                                  for r, a, w in zip(records, result.answers, result.rewards)]
-    _write_jsonl_atomic(outputs)
+    try:
+        _write_jsonl_atomic(outputs)
+    except OSError as e:
+        print(f"harmony vote: cannot write {e.filename or args.output}: {e.strerror}; nothing was written "
+              "(check the folder's permissions and free space)", file=sys.stderr)
+        return 2
     m = result.metrics
     summary = (f"harmony vote: {int(m['problems'])} problems, {int(m['responses'])} responses, "
                f"coverage {m['coverage']:.3f}")
     if "label_accuracy" in m:
         summary += f", pseudo-label accuracy {m['label_accuracy']:.3f}"
+    if m.get("equivalence/degraded"):
+        summary += (f", {int(m['equivalence/degraded'])} problem(s) over the math-verify budget matched "
+                    "by normalized form")
     print(f"{summary} (strategy {args.strategy}, match {args.match})", file=sys.stderr)
     return 0

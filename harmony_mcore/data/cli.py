@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from harmony_mcore.cli import int_at_least, number_in
 from harmony_mcore.data.benchmarks import BENCHMARKS, DataError, Problem, load_benchmark
 from harmony_mcore.data.prompts import STRATEGIES, parse_reframing, reframe_messages, view_messages
 
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="the benchmark names").set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="print problems and the prompt of one view")
     show.add_argument("benchmark")
-    show.add_argument("--n", type=int, default=3, help="how many problems")
+    show.add_argument("--n", type=int_at_least(1), default=3, help="how many problems")
     show.add_argument("--path", default=None, help="data file (benchmarks that are not shipped)")
     show.add_argument("--view", default="solver", choices=["solver", "reframe", "static"])
     show.set_defaults(func=cmd_show)
@@ -139,11 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--path", default=None)
     ref.add_argument("--out", required=True, help="output .jsonl or .parquet")
     ref.add_argument("--strategy", default="free", help="free | cycle | a strategy name")
-    ref.add_argument("--limit", type=int, default=None)
-    ref.add_argument("--temperature", type=float, default=0.7)
-    ref.add_argument("--top-p", type=float, default=1.0)
-    ref.add_argument("--max-tokens", type=int, default=2048)
-    ref.add_argument("--retries", type=int, default=2, help="resample rows whose response has no rewritten problem")
+    ref.add_argument("--limit", type=int_at_least(1), default=None)
+    ref.add_argument("--temperature", type=number_in(0), default=0.7)
+    ref.add_argument("--top-p", type=number_in(0, 1, above=True), default=1.0)
+    ref.add_argument("--max-tokens", type=int_at_least(1), default=2048)
+    ref.add_argument("--retries", type=int_at_least(0), default=2,
+                     help="resample rows whose response has no rewritten problem")
     ref.add_argument("--seed", type=int, default=0)
     ref.add_argument("--engine", default="auto", choices=["auto", "torch", "vllm"])
     ref.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
