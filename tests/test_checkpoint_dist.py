@@ -62,7 +62,7 @@ def test_checkpoint_resume_bit_identical_atomic_and_resharded(run_torchrun, tmp_
 
     first, again = killed / "ckpt" / "step_0000002", killed / "resave" / "step_0000002"
     names = [str(p) for p in _files(first)]
-    assert names == [str(p) for p in _files(again)] and len(names) > 10, names
+    assert names == [str(p) for p in _files(again)] and len(names) >= 9, names  # model, optimizer, RNG, state
     _, mismatch, errors = filecmp.cmpfiles(first, again, names, shallow=False)
     # torch.distributed.checkpoint's .metadata also records the directory written and a random save id.
     assert sorted(mismatch) == ["model/.metadata", "optimizer/.metadata"] and not errors, (mismatch, errors)
