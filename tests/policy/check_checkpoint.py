@@ -7,8 +7,9 @@ step SAVE_AT, that resumes from DIR/ckpt like the trainer does. Every rank seeds
 from them after each step (as a sampler would), and appends per step to DIR/log_rank<r>.jsonl: loss, grad norm,
 the draws, a digest of its weight shards and of its optimizer state (fp32 main params, Adam moments, step counts).
 The test compares these logs between an uninterrupted run and a killed + resumed one.
-Env KILL_AT_STEP=k: every rank SIGKILLs itself in the middle of step k (after the forward/backward, before the
-optimizer's update). A resumed run first saves the loaded checkpoint again into DIR/resave (save -> load -> save).
+Env PAUSE_AT_STEP=k: every rank stops in the middle of step k (after the log-prob pass, before the update), writes
+DIR/paused_rank<r> and sleeps, for the test to SIGKILL the whole process tree. A resumed run first saves the loaded
+checkpoint again into DIR/resave (save -> load -> save).
 
 --extras (after the run, same processes; rank 0 prints one "OK ..." line per check):
   atomic   a save whose optimizer part raises leaves no step_N, no temporary directory, and the previous loads;
@@ -22,8 +23,8 @@ import hashlib
 import json
 import os
 import random
-import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -87,11 +88,12 @@ def run(out: Path) -> None:
     if start:
         checkpoint.save(out / "resave", start, pol, state, keep_last=1)
         log.write(json.dumps({"resumed_at": start, "optimizer": digest(optimizer_tensors(pol))}) + "\n")
-    kill_at = int(os.environ.get("KILL_AT_STEP", 0))
+    pause_at = int(os.environ.get("PAUSE_AT_STEP", 0))
     for step in range(start, STEPS):
         batch = views(pol, step)
-        if step + 1 == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if step + 1 == pause_at:
+            (out / f"paused_rank{rank}").touch()
+            time.sleep(3600)
         m = pol.train_step(batch, step)
         draws = torch.rand(3).tolist() + [random.random()]
         log.write(json.dumps({"step": step + 1, "loss": m["loss"], "grad_norm": m["grad_norm"], "draws": draws,
