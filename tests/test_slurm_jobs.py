@@ -190,7 +190,7 @@ def test_time_limit_signal_checkpoints_and_requeues(cluster, work):
     """--time=2 --signal=B:USR1@60: slurmctld signals the batch script once under 60 s (+ its 30 s check
     period) remain, i.e. 30-60 s in, well before the kill at 120 s; the job requeues and resumes."""
     out = work[0] / "time-limit"
-    args = [*ARGS, "steps=30", "checkpoint.every=0"]  # long enough to be running when the signal comes
+    args = [*ARGS, "steps=60", "checkpoint.every=0"]  # > 60 s of steps even on a fast machine
     job = train(cluster, work, out, "--nodes=1", "--time=2", "--signal=B:USR1@60", args=args)
 
     def requeued(info):
@@ -205,7 +205,7 @@ def test_time_limit_signal_checkpoints_and_requeues(cluster, work):
     assert "asking the ranks to checkpoint and stop" in text and "requeueing job" in text
     assert "TIME LIMIT" not in text  # stopped and requeued before Slurm's kill
     stopped = int(text.split("stopped at step ")[1].split(":")[0])
-    assert f"resumed at step {stopped}" in text and sorted(steps(out)) == list(range(1, 31))
+    assert f"resumed at step {stopped}" in text and sorted(steps(out)) == list(range(1, 61))
 
 
 @pytest.mark.slow  # two partial runs on two nodes
