@@ -87,9 +87,11 @@ def resolve_model(cfg: RunConfig, log=print) -> tuple[Path, dict]:
     hf_dir = path / "hf" if is_dist_checkpoint(path) else path
     if hf_dir != path:
         try:
-            CheckpointReader(path)  # damaged or unsafe metadata: refused before any rank starts
+            damaged = CheckpointReader(path).missing_data()  # damaged or unsafe: refused before any rank starts
         except CheckpointError as e:
             raise ConfigError(f"model.path={path}: {e}") from None
+        if damaged:
+            raise ConfigError(f"model.path={path}: incomplete checkpoint: {'; '.join(damaged[:3])}")
     if not (hf_dir / "config.json").is_file():
         raise ConfigError(f"model.path={path}: no config.json there (nor in {path}/hf): download the model or "
                           "convert it with `harmony convert hf-to-mcore`")

@@ -143,3 +143,8 @@ def test_verify_on_a_damaged_checkpoint_is_one_line(genuine, tmp_path, capsys, d
     assert convert_main(["verify", "--hf", str(hf), "--ckpt", str(broken)]) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1 and "Traceback" not in err, err
+    from harmony_mcore.cli import main  # train refuses it before starting any rank
+
+    assert main(["train", "cpu", f"model.path={broken}", "model.hf_config=null", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err, err
