@@ -264,7 +264,7 @@ def test_quantize_fp8_runs_and_dequantizes_close_to_the_original(tmp_path):
 
     from conversion import quantize
 
-    src = save_hf_model("qwen3", tmp_path / "hf", torch.float32)
+    src = save_hf_model("llama", tmp_path / "hf", torch.float32)  # vocab 300
     save_char_tokenizer(src, 300)
     quantize.quantize(src, tmp_path / "q", log=_quiet)
     AutoConfig.from_pretrained(tmp_path / "q")  # the export's config loads

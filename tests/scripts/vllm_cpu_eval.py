@@ -13,13 +13,16 @@ import torch
 from harmony_mcore import evaluation
 from harmony_mcore.cli import main as harmony
 from harmony_mcore.rollout.torch_engine import TorchEngine
-from harmony_mcore.testing import char_tokenizer, tiny_hf_config
+from harmony_mcore.data.benchmarks import load_benchmark
+from harmony_mcore.data.prompts import view_messages
+from harmony_mcore.testing import DEFAULT_ALPHABET, char_tokenizer, tiny_hf_config
 
 
 def run(out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    tok = char_tokenizer()
+    texts = [m["content"] for p in load_benchmark("gsm8k", limit=2) for v in view_messages(p, "reframe", 2) for m in v]
+    tok = char_tokenizer(DEFAULT_ALPHABET + "".join(sorted(set("".join(texts)) - set(DEFAULT_ALPHABET))))
     cfg = tiny_hf_config("qwen3", vocab_size=len(tok), hidden_size=128, head_dim=32, tie_word_embeddings=True,
                          max_position_embeddings=4096)
     torch.manual_seed(0)
