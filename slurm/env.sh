@@ -23,6 +23,7 @@ fi
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}  # a dead rank fails the job
 export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}          # Megatron TP/SP overlap ordering
+# Do not set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: vLLM's sleep mode refuses it (harmony doctor checks).
 # InfiniBand / RoCE: name your HCAs and the interface for bootstrap traffic when NCCL picks wrong ones.
 # export NCCL_IB_HCA=mlx5_0,mlx5_1,mlx5_2,mlx5_3
 # export NCCL_SOCKET_IFNAME=ib0          # or the cluster's management interface, e.g. eth0

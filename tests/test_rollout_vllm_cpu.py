@@ -59,3 +59,10 @@ def test_harmony_train_rollout_vllm_end_to_end(tmp_path, toy_cache, rollout_tp):
     for m in steps:
         # the engine's sampled log-probs are the policy's (fp32): the weights are synced every step
         assert m["rollout/logprob_diff_max"] <= 1e-3 and m["sync/logprob_check_diff"] <= 1e-3, m
+
+
+def test_harmony_eval_through_vllm_on_an_exported_checkpoint(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "vllm_cpu_eval.py"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "VLLM CPU EVAL OK" in proc.stdout, (proc.stdout + proc.stderr)[-6000:]

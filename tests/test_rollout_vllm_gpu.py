@@ -1,4 +1,4 @@
-"""The colocated vLLM engine on one GPU (needs vllm==0.11.0; skipped on CPU machines)."""
+"""The colocated vLLM engine on one GPU (needs vllm 0.32.x, the gpu extra; skipped on CPU machines; unverified)."""
 
 from pathlib import Path
 
