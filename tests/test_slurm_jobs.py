@@ -181,7 +181,10 @@ def test_convert_and_eval_jobs_write_what_the_commands_write(cluster, work, tmp_
         direct, job = files(tmp_path / "direct" / name), files(tmp_path / "sbatch" / name)
         assert direct and sorted(job) == sorted(direct), name
         for path in direct:
-            if path != ".metadata":  # torch_dist's index: it records the save's own path and a random save id
+            # torch_dist's own files vary between two saves of the same tensors (the index records the
+            # save's path and a random id; the writer's record order follows its threads): their content
+            # is compared through the HF export of each checkpoint ("hf"), which must be byte-identical
+            if path != ".metadata" and not path.endswith(".distcp"):
                 assert job[path] == direct[path], f"{name}/{path} differs"
 
 
