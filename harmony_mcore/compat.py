@@ -37,9 +37,13 @@ def unloadable_torch_extras() -> list[str]:
 
 
 def hide_unloadable_torch_extras() -> None:
+    utils = sys.modules.get("transformers.utils.import_utils")  # transformers imported before us
     for name in unloadable_torch_extras():
         if name not in sys.modules:  # never hide one this process already imported successfully
             sys.modules[name] = None  # type: ignore[assignment]
+            check = getattr(utils, f"is_{name}_available", None)
+            if hasattr(check, "cache_clear"):  # it may have cached "installed" already
+                check.cache_clear()
 
 
 def subprocess_command(module: str) -> list[str]:

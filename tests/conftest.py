@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import harmony_mcore  # noqa: F401  (before any transformers import: see harmony_mcore.compat)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
