@@ -129,6 +129,13 @@ def save(root: Path, step: int, policy, state: dict[str, Any], *, keep_last: int
     return final
 
 
+def latest(root: Path) -> Path | None:
+    """The newest complete checkpoint under root, or None."""
+    from harmony_mcore.checkpoint_check import problems
+
+    return next((p for p in sorted(root.glob("step_*"), reverse=True) if not problems(p)), None)
+
+
 def resume(setting: str, root: Path, policy, group=None, log=print) -> dict[str, Any]:
     """Load the checkpoint that checkpoint.resume names (auto = the newest complete one under root,
     if any) into the policy, its optimizer and this rank's RNG; returns its state ({} when starting fresh)."""
