@@ -277,6 +277,12 @@ def render(report: dict[str, Any]) -> None:
         console.print(f"[red]PROBLEM[/] {escape(problem)}")
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="harmony doctor", description=__doc__.splitlines()[0])
     ap.add_argument("config", nargs="?", help="a preset or YAML: also check what this run needs")
@@ -289,6 +295,11 @@ def main(argv: list[str]) -> int:
 
         try:
             cfg = load_config(args.config, args.overrides)
+            if cfg.model.hf_config and (cfg.model.dtype == "fp32" or _has_cuda()):  # a run for this machine:
+                from harmony_mcore.preflight import preflight                     # train's own layout checks
+                from harmony_mcore.train_cli import nproc_for
+
+                preflight(cfg, nproc_for(cfg, None), cfg.model.hf_config)
         except ConfigError as e:
             print(f"harmony doctor: {e}", file=sys.stderr)
             return 2

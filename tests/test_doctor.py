@@ -152,3 +152,9 @@ def test_exit_status_and_fix_when_a_core_package_is_missing(monkeypatch, capsys)
     assert "SLURM_JOB_ID=4242" in out and "SLURM_NNODES=2" in out and "NCCL_DEBUG=WARN" in out
     assert doctor.main(["no-such-preset"]) == 2
     assert "unknown config 'no-such-preset'" in capsys.readouterr().err
+
+
+def test_a_layout_that_train_refuses_is_refused_here_too(capsys):
+    assert doctor.main(["cpu", "parallel.tp=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harmony doctor: ") and "parallel.tp=3" in err and "Traceback" not in err
