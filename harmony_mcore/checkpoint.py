@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from harmony_mcore import checkpoint_check
 from harmony_mcore.config import ConfigError
 
 # The distributed optimizer's default format ('fully_sharded_model_space') is refused by dist-checkpointing
@@ -119,7 +120,8 @@ def save(root: Path, step: int, policy, state: dict[str, Any], *, keep_last: int
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"saving checkpoint {final} failed ({error!r} on this rank, or on another); "
-                              f"{latest(root) or 'no earlier checkpoint'} is the latest complete one") from error
+                              f"{checkpoint_check.latest(root) or 'no earlier checkpoint'} is the latest complete "
+                              "one") from error
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
@@ -129,19 +131,10 @@ def save(root: Path, step: int, policy, state: dict[str, Any], *, keep_last: int
     return final
 
 
-def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint under root, or None."""
-    from harmony_mcore.checkpoint_check import problems
-
-    return next((p for p in sorted(root.glob("step_*"), reverse=True) if not problems(p)), None)
-
-
 def resume(setting: str, root: Path, policy, group=None, log=print) -> dict[str, Any]:
     """Load the checkpoint that checkpoint.resume names (auto = the newest complete one under root,
     if any) into the policy, its optimizer and this rank's RNG; returns its state ({} when starting fresh)."""
-    from harmony_mcore.checkpoint_check import pick
-
-    path = pick(setting, root, log)  # checks completeness, and the metadata with the safe unpickler
+    path = checkpoint_check.pick(setting, root, log)  # complete, with safe metadata
     if path is None:
         return {}
     return load(path, policy, group)

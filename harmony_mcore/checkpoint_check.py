@@ -66,13 +66,18 @@ def pick(setting: str, root: Path, log: Callable[[str], None] = print) -> Path |
             raise ConfigError(f"checkpoint.resume={setting}: not a complete checkpoint ({'; '.join(wrong[:3])}): "
                               "use auto, never or another step_* folder")
         return path
-    steps = sorted(root.glob("step_*"), reverse=True) if root.is_dir() else []
-    for path in steps:
+    path = latest(root, log)
+    if path is None and root.is_dir() and any(root.glob("step_*")):
+        raise ConfigError(f"no complete checkpoint under {root} (see above): repair or remove the damaged step_* "
+                          "folders, or start over with checkpoint.resume=never")
+    return path
+
+
+def latest(root: Path, log: Callable[[str], None] = lambda _: None) -> Path | None:
+    """The newest complete step folder under `root` (None if there is none); `log` hears each skipped one."""
+    for path in sorted(root.glob("step_*"), reverse=True) if root.is_dir() else []:
         wrong = problems(path)
         if not wrong:
             return path
         log(f"skipping checkpoint {path}: {'; '.join(wrong[:3])}; trying the previous one")
-    if steps:
-        raise ConfigError(f"no complete checkpoint under {root} (see above): repair or remove the damaged step_* "
-                          "folders, or start over with checkpoint.resume=never")
     return None

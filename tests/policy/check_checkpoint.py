@@ -32,7 +32,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from support import TINY, hf_model, make_batch
 
-from harmony_mcore import checkpoint
+from harmony_mcore import checkpoint, checkpoint_check
 from harmony_mcore.bridge.dist_ckpt import load_model_weights
 from harmony_mcore.config import AlgorithmConfig, ConfigError, ParallelConfig
 from harmony_mcore.parallel import destroy_distributed, init_distributed, init_model_parallel
@@ -113,7 +113,7 @@ def say(msg: str) -> None:
 def check_atomic(out: Path) -> None:
     pol = make_policy(DP2, "bf16")
     root = out / "ckpt"
-    before = checkpoint.latest(root)
+    before = checkpoint_check.latest(root)
     real_save = dist_checkpointing.save
 
     def save_model_then_fail(sharded, path, *a, **k):
@@ -132,7 +132,7 @@ def check_atomic(out: Path) -> None:
     dist.barrier()
     left = sorted(p.name for p in root.iterdir())
     assert not checkpoint.step_dir(root, 99).exists() and not any(n.startswith(".tmp") for n in left), left
-    assert checkpoint.latest(root) == before, (checkpoint.latest(root), before)
+    assert checkpoint_check.latest(root) == before, (checkpoint_check.latest(root), before)
     state = checkpoint.resume("auto", root, pol)
     assert before is not None and state["step"] == int(before.name.split("_")[1]), (state, before)
     say(f"OK atomic: a failed save left {left} and {before.name} loads")
