@@ -18,14 +18,17 @@ from hypothesis import strategies as st
 
 from harmony_mcore.cli import main
 
-SCRATCH = Path(tempfile.mkdtemp(prefix="harmony-fuzz-"))
+# Relative values ("5GB", "../x") are paths too: commands run inside SCRATCH, one level below a
+# temporary root, so nothing they write lands in the checkout or beside it.
+SCRATCH = Path(tempfile.mkdtemp(prefix="harmony-fuzz-")) / "cwd"
+SCRATCH.mkdir()
 VALUES = ["", "0", "-1", "-5", "1", "3", "2.5", "nan", "inf", "-inf", "1e999", "abc", "../x", "x=y", "\u00e9\u4e2d",
           str(SCRATCH / "nope"), str(SCRATCH), "/dev/null", "5GB", "0B", "-3GB", "fp32", "bf16", "math500", "aime24"]
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.chdir(SCRATCH), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             code = main(argv)
         except SystemExit as e:  # argparse
