@@ -41,21 +41,14 @@ def run(out: Path, overrides: list[str]) -> float:
 def summary(out: Path, wall: float) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "throughput/generate_tokens_per_s" in r]
-    evals = [r for r in rows if any(k.endswith("/avg@8") for k in r)]
-    acc = [next(v for k, v in r.items() if k.endswith("/avg@8")) for r in evals]
+    run = json.loads((out / "summary.json").read_text())
+    engine = next(line.split(":", 1)[1].strip() for line in (out / "config.yaml").read_text().splitlines()
+                  if line.strip().startswith("engine:"))
     return {"wall_s": wall, "steps": len(steps),
             "generate_tokens_per_s": statistics.median(r["throughput/generate_tokens_per_s"] for r in steps),
             **{p: statistics.median(r[p] for r in steps) for p in PHASES},
             "logprob_diff_max": max(r["rollout/logprob_diff_max"] for r in steps),
-            "accuracy_first": acc[0] if acc else None, "accuracy_last": acc[-1] if acc else None,
-            "engine": _engine(out)}
-
-
-def _engine(out: Path) -> str:
-    for line in (out / "config.yaml").read_text().splitlines():
-        if line.strip().startswith("engine:"):
-            return line.split(":", 1)[1].strip()
-    return "?"
+            "accuracy_before": run["accuracy_before"], "accuracy_last": run["accuracy_last_step"], "engine": engine}
 
 
 def main() -> None:
