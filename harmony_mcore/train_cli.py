@@ -125,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         from harmony_mcore.run_guard import lock_output_dir
         from harmony_mcore.trainer import checkpoint_root, resolve_model
 
+        nproc = nproc_for(cfg, args.nproc)
+        if cfg.model.hf_config:
+            preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything is written
         lock = lock_output_dir(Path(cfg.output_dir))  # one run per output_dir, until this process ends
         try:
-            nproc = nproc_for(cfg, args.nproc)
-            if cfg.model.hf_config:
-                preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything runs
             _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
             preflight(cfg, nproc, hf_config)
             pick(cfg.checkpoint.resume, checkpoint_root(cfg), log=lambda _: None)  # the ranks tell what they skip

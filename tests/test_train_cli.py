@@ -30,10 +30,12 @@ def _no_launch(monkeypatch, tmp_path):
     (["cpu", "algorithm.lr=0"], "algorithm.lr must be > 0"),
     (["no-such-preset"], "unknown config"),
 ])
-def test_broken_configs_fail_before_launch(argv, fix, capsys):
+def test_broken_configs_fail_before_launch(argv, fix, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output_dir, runs/cpu, is relative
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("harmony train: ") and fix in err, err
+    assert not (tmp_path / "runs").exists()  # nothing written: not even the run directory's lock
 
 
 def test_print_config_and_default_preset(capsys):
