@@ -89,26 +89,17 @@ def installed_dist(c: Component) -> str | None:
 def installed_version(c: Component) -> str | None:
     if c.name == "python":
         return platform.python_version()
-    for dist in c.dists:
-        try:
-            version = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-        # NVIDIA Apex ships compiled extensions; the unrelated PyPI `apex` does not.
-        if c.name == "apex" and importlib.util.find_spec("amp_C") is None \
-                and importlib.util.find_spec("fused_layer_norm_cuda") is None:
-            return None
-        return version
-    return None
+    dist = installed_dist(c)
+    # NVIDIA Apex ships compiled extensions; the unrelated PyPI `apex` does not.
+    if dist is None or (c.name == "apex" and importlib.util.find_spec("amp_C") is None
+                        and importlib.util.find_spec("fused_layer_norm_cuda") is None):
+        return None
+    return metadata.version(dist)
 
 
 def declared_requirements(c: Component) -> list[str]:
-    for dist in c.dists:
-        try:
-            return list(metadata.requires(dist) or [])
-        except metadata.PackageNotFoundError:
-            continue
-    return []
+    dist = installed_dist(c)
+    return list(metadata.requires(dist) or []) if dist else []
 
 
 def probe_gpus() -> GpuInfo:

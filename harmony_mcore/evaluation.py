@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from harmony_mcore.data.benchmarks import BENCHMARKS, DataError, Problem, load_benchmark
 from harmony_mcore.cli import int_at_least, number_in
-from harmony_mcore.data.prompts import build_prompts, solver_messages
+from harmony_mcore.data.prompts import PROMPT_SETS, build_prompts, solver_messages
 from harmony_mcore.estimators import maj_at_k, pass_at_k
 
 SCORERS = ("strict", "math")
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-timeout", type=number_in(0, above=True), default=2.0,
                    help="seconds per math-verify comparison")
     p.add_argument("--match-workers", type=int_at_least(1), default=2, help="math-verify worker processes")
-    p.add_argument("--prompts", default="harmony", choices=["harmony", "reference"],
+    p.add_argument("--prompts", default="harmony", choices=PROMPT_SETS,
                    help="solver prompt: ours, or the reference code's (as the `reference` training preset)")
     p.add_argument("--out", required=True, help="output folder")
     return p

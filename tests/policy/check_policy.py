@@ -129,7 +129,13 @@ def check_train(pol, hf, name, ids, attn, resp, logp):
     werr = weight_error(pol, name, want_model)
     moved = max((p0 - p1).abs().max().item() for p0, p1 in zip(hf.parameters(), want_model.parameters()))
     assert werr < 1e-5 and moved > 5e-5, (werr, moved)
-    # A non-finite gradient skips the update and leaves the weights alone.
+    check_nonfinite_skipped(pol, views)
+    return metrics[-1]["loss"], werr, moved
+
+
+def check_nonfinite_skipped(pol, views):
+    """A non-finite gradient skips the update and leaves the weights alone (fp32: our check; bf16/fp16:
+    Megatron's optimizer's own, through its grad scaler)."""
     before = [p.detach().clone() for m in pol.modules for p in m.parameters()]
     bad = copy.copy(views[0])
     bad.advantages = views[0].advantages.clone()
@@ -137,7 +143,6 @@ def check_train(pol, hf, name, ids, attn, resp, logp):
     skipped = pol.train_step([bad], step=2, temperature=TEMP)
     after = [p.detach() for m in pol.modules for p in m.parameters()]
     assert skipped["skipped"] == 1.0 and all(torch.equal(a, b) for a, b in zip(before, after)), skipped
-    return metrics[-1]["loss"], werr, moved
 
 
 def rel_errors(metrics, want_losses, want_norms):
@@ -172,6 +177,7 @@ def check_low_precision(par: ParallelConfig, dtype: str) -> list[str]:
         errs = rel_errors(metrics, [m["loss"] for m in ref], [m["grad_norm"] for m in ref])
         what = f"vs the DP-only {dtype} layout"
     assert all(max(errs[k]) < tol[k] for k in tol), (dtype, what, errs, tol)
+    check_nonfinite_skipped(pol, views)
     return [f"  {name} {dtype} {what}: " + " ".join(f"{k} rel err {max(v):.1e} (tol {tol[k]:g})"
                                                     for k, v in errs.items())]
 
