@@ -2,7 +2,9 @@
 
 Every section validates itself in `validate()`; `RunConfig.validate()` adds the cross-section
 checks. Validation runs before any process group or GPU memory is touched, and every failure
-names the setting to change. Defaults are the paper's hyperparameters (shared/ALGORITHM.md).
+names the setting to change. Defaults are the paper's hyperparameters. Names are checked against
+the registries they select from (consensus strategies, rewards, equivalence modes), which never
+import this module.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class ConsensusConfig:
     workers: int = 2
 
     def validate(self) -> None:
+        from harmony_mcore.answers.equivalence import MODES
         from harmony_mcore.consensus.strategies import STRATEGIES
 
         names = ", ".join(STRATEGIES)
@@ -119,8 +122,8 @@ class ConsensusConfig:
                f"consensus.warmup_strategy={self.warmup_strategy!r}: use one of {names}, or null for no warmup")
         for key in ("match", "reward_match"):
             value = getattr(self, key)
-            _check(value in ("math", "normalized", "moderate", "exact") or (key == "reward_match" and value is None),
-                   f"consensus.{key}={value!r}: use math, normalized, moderate or exact")
+            _check(value in MODES or (key == "reward_match" and value is None),
+                   f"consensus.{key}={value!r}: use one of {', '.join(MODES)}")
         _check(not (self.power_k is not None and self.power_lambda is not None),
                "set only one of consensus.power_k and consensus.power_lambda")
         uses_power = "power-mean" in (self.strategy, self.warmup_strategy)
@@ -157,9 +160,10 @@ class AlgorithmConfig:
     max_nonfinite_steps: int = 3  # consecutive skipped steps before the run stops
 
     def validate(self) -> None:
+        from harmony_mcore.rewards import REWARDS
+
         self.consensus.validate()
-        _check(self.reward in ("pseudo-label", "intuitor", "rent", "gt"),
-               f"algorithm.reward={self.reward!r}: use pseudo-label, intuitor, rent or gt")
+        _check(self.reward in REWARDS, f"algorithm.reward={self.reward!r}: use one of {', '.join(REWARDS)}")
         _check(self.soft_top_k >= 1, "algorithm.soft_top_k must be >= 1")
         _check(self.format_penalty >= 0, "algorithm.format_penalty must be >= 0 (0 turns it off)")
         _check(self.lr > 0, "algorithm.lr must be > 0")
