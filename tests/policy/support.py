@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import torch
-
-import harmony_mcore  # noqa: F401  (first: hides torchvision builds that cannot load beside a CPU torch)
 import transformers
 
 COMMON = dict(vocab_size=150, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
