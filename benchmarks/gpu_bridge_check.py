@@ -18,7 +18,8 @@ import torch
 from harmony_mcore.bridge.export import WeightExporter, synced_time, check_sync
 from harmony_mcore.config import ParallelConfig, RolloutConfig
 from harmony_mcore.models.builder import build_chunks
-from harmony_mcore.parallel import device, init_distributed
+from harmony_mcore import device
+from harmony_mcore.parallel import init_distributed
 from harmony_mcore.rollout.torch_engine import TorchEngine
 from harmony_mcore.testing import char_tokenizer, tiny_hf_config
 
@@ -31,7 +32,7 @@ QWEN3_8B = {
 
 
 def megatron_logprobs(model, seqs: list[list[int]], vocab: int) -> list[torch.Tensor]:
-    dev = device()
+    dev = device.current()
     ids = torch.tensor(seqs, device=dev)
     n, s = ids.shape
     mask = torch.triu(torch.ones(1, 1, s, s, dtype=torch.bool, device=dev), diagonal=1)
@@ -80,7 +81,7 @@ def main() -> None:
     model.eval()
     exporter = WeightExporter([model], cfg, rollout_dtype=torch_dtype, bucket_bytes=args.bucket_mb << 20)
     tok = char_tokenizer()
-    engine = TorchEngine.from_hf_config(cfg, tok, dtype=torch_dtype, device=device())
+    engine = TorchEngine.from_hf_config(cfg, tok, dtype=torch_dtype, device=device.current())
     print(f"build: {time.perf_counter() - t:.1f}s, plan: {len(exporter.plan.hf_tensors)} HF tensors in "
           f"{exporter.plan.num_buckets} buckets of {args.bucket_mb} MB", flush=True)
 

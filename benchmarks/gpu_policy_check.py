@@ -38,20 +38,22 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L4
 def train_flops_per_token(c: dict, seq: int) -> float:
     """Forward + backward (3x a forward) model FLOPs per token, counted by `harmony plan`."""
     from harmony_mcore import plan
+    from harmony_mcore.models import families
 
-    return 3 * plan.forward_flops(plan.ModelShape.from_hf(c), seq) / seq
+    return 3 * plan.forward_flops(families.shape(c), seq) / seq
 
 
 def plan_estimate_gib(par: ParallelConfig, recompute: str) -> float:
     """`harmony plan`'s peak of the log-prob and train phases for this exact setup. No runtime overhead:
     max_memory_allocated sees neither the CUDA context nor NCCL; the local spec's attention is unfused."""
     from harmony_mcore import plan
+    from harmony_mcore.models import families
 
     lay = plan.Layout(par.tp, par.pp, par.vpp, 1, par.sequence_parallel, par.distributed_optimizer, recompute,
                       par.micro_batch_size, par.offload_reference)
     work = plan.Workload(sequences=ROWS, seq_len=SEQ, response_len=SEQ - 512, logprob_passes=2, engine="torch",
                          rollout_tp=1, memory_fraction=0.5, sleep_level=1)
-    st = plan.plan(plan.ModelShape.from_hf(QWEN3_1P7B), lay, work,
+    st = plan.plan(families.shape(QWEN3_1P7B), lay, work,
                    a=plan.Assumptions(runtime_overhead=0, transformer_engine=False))["stages"][0]
     return max(st["peak_logprob"], st["peak_train"]) / 2**30
 

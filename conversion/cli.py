@@ -12,8 +12,9 @@ import argparse
 import sys
 
 from conversion.common import ConversionError
+from harmony_mcore.dtypes import DTYPES
 
-DTYPE_CHOICES = ("bf16", "fp16", "fp32")
+DTYPE_CHOICES = tuple(DTYPES)
 
 
 def _parser() -> argparse.ArgumentParser:

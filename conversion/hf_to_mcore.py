@@ -22,8 +22,7 @@ from conversion.common import (HF_SUBDIR, INFO_NAME, ConversionError, atomic_out
 from harmony_mcore.bridge.dist_ckpt import Chunk, write_checkpoint
 from harmony_mcore.bridge.mapping import GATE_UP, REPLICATED, ROW, Mapping, get_mapping
 from harmony_mcore.bridge.safetensors_io import SafetensorsReader
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from harmony_mcore.dtypes import torch_dtype
 
 
 def check_names_and_shapes(mapping: Mapping, reader: SafetensorsReader) -> None:
@@ -145,7 +144,7 @@ def convert(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1, dt
                                   "models convert (quantized or integer weights are not supported)")
         if len(src) > 1 and dtype is None:
             raise ConversionError(f"{name}: HF sources have mixed dtypes {sorted(map(str, src))}; pass --dtype")
-        dtypes[name] = DTYPES[dtype] if dtype else src.pop()
+        dtypes[name] = torch_dtype(dtype) if dtype else src.pop()
     plan = plan_chunks(mapping, dtypes, tp)
     start = time.perf_counter()
     with atomic_output(out, overwrite, [hf_dir]) as tmp:

@@ -21,10 +21,9 @@ from conversion.common import (HF_SUBDIR, INFO_NAME, ConversionError, atomic_out
 from harmony_mcore.bridge.dist_ckpt import CheckpointReader, is_dist_checkpoint
 from harmony_mcore.bridge.mapping import VOCAB, Mapping, get_mapping
 from harmony_mcore.bridge.safetensors_io import ShardedSafetensorsWriter
+from harmony_mcore.dtypes import DTYPES, torch_dtype
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _MODEL_PREFIXES = ("embedding.", "decoder.", "output_layer.")  # everything else: optimizer, RNG, ...
-_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
 def parse_size(text: str) -> int:
@@ -157,7 +156,7 @@ def convert(ckpt: str | Path, out: str | Path, *, hf_config: str | Path | None =
     check_keys(mapping, reader)
 
     names = mapping.mcore_names()
-    out_dtype = {n: DTYPES[dtype] if dtype else reader.dtype(mapping.rule(n)[0].checkpoint_key) for n in names}
+    out_dtype = {n: torch_dtype(dtype) if dtype else reader.dtype(mapping.rule(n)[0].checkpoint_key) for n in names}
     plan = []
     for name in names:
         shape = mapping.mcore_shape(name)
@@ -174,7 +173,8 @@ def convert(ckpt: str | Path, out: str | Path, *, hf_config: str | Path | None =
         copy_side_files(cfg_dir, tmp)
         dtypes = set(out_dtype.values())
         if len(dtypes) == 1:
-            _set_config_dtype(tmp / "config.json", _DTYPE_NAMES.get(dtypes.pop()))
+            name = str(dtypes.pop()).removeprefix("torch.")
+            _set_config_dtype(tmp / "config.json", name if name in DTYPES.values() else None)
         info = {"direction": "mcore-to-hf", "checkpoint": str(ckpt.resolve()), "hf_config": str(cfg_dir.resolve())}
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     seconds = round(time.perf_counter() - start, 3)

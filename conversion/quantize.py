@@ -47,13 +47,15 @@ def quantize(hf_dir: str | Path, out: str | Path, *, fmt: str = "fp8", calib_fil
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, **hf_dtype_kwargs(dtype)).to(device).eval()
+    from harmony_mcore import device
+
+    dtype = torch.bfloat16 if device.on_gpu else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, **hf_dtype_kwargs(dtype)).to(device.current()).eval()
 
     def forward_loop(m):
         with torch.no_grad():
             for text in texts:
-                m(**tok(text, return_tensors="pt").to(device))
+                m(**tok(text, return_tensors="pt").to(model.device))
 
     mtq.quantize(model, getattr(mtq, FORMATS[fmt]), forward_loop)
     with atomic_output(out, overwrite, [hf_dir]) as tmp:

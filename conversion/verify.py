@@ -14,13 +14,13 @@ import torch
 
 from conversion.common import ConversionError, hf_dtype_kwargs, read_hf_config
 from conversion.mcore_to_hf import find_checkpoint, find_hf_config_dir
+from harmony_mcore.dtypes import torch_dtype
 
 BUILTIN_PROMPTS = (
     "Question: what is 12 * 7 + 5? Answer:",
     "Solve for x: 3x - 4 = 11. Put the final answer in \\boxed{}.",
     "The capital of France is",
 )
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _prompt_ids(hf_dir: Path, prompts: list[str], vocab: int) -> tuple[list[torch.Tensor], str]:
@@ -46,7 +46,8 @@ def max_logit_diff(hf_dir: str | Path, ckpt: str | Path, *, hf_config: str | Pat
     from harmony_mcore.config import ParallelConfig
     from harmony_mcore.models.builder import build_chunks
     from harmony_mcore.models.families import architecture
-    from harmony_mcore.parallel.distributed import device, init_distributed
+    from harmony_mcore import device
+    from harmony_mcore.parallel.distributed import init_distributed
 
     hf_dir, ckpt = Path(hf_dir), find_checkpoint(Path(ckpt))
     # The model is built from the config the checkpoint was written from, never from --hf's: a
@@ -60,11 +61,11 @@ def max_logit_diff(hf_dir: str | Path, ckpt: str | Path, *, hf_config: str | Pat
         init_distributed(ParallelConfig(tp=1, pp=1))
     if dist.get_world_size() != 1:
         raise ConversionError("verify runs in a single process; launch it without torchrun")
-    dt = DTYPES[dtype]
+    dt = torch_dtype(dtype)
     (model,) = build_chunks(config, ParallelConfig(tp=1, pp=1), dtype=dtype)
     load_model_weights([model], ckpt)
     model.eval()
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir, **hf_dtype_kwargs(dt)).to(device()).eval()
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, **hf_dtype_kwargs(dt)).to(device.current()).eval()
     vocab = int(config["vocab_size"])
     if int(hf.config.vocab_size) != vocab or architecture(hf.config) != architecture(config):
         raise ConversionError(f"--hf {hf_dir} ({architecture(hf.config)}, vocab {hf.config.vocab_size}) is not the "
@@ -73,7 +74,7 @@ def max_logit_diff(hf_dir: str | Path, ckpt: str | Path, *, hf_config: str | Pat
     worst = 0.0
     with torch.no_grad():
         for ids in ids_list:
-            ids = ids.to(device())
+            ids = ids.to(device.current())
             pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
             ours = model(ids, pos, None)[..., :vocab].float()
             ref = hf(ids).logits.float()

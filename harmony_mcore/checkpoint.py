@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from harmony_mcore import checkpoint_check
+from harmony_mcore import checkpoint_check, device
 from harmony_mcore.config import ConfigError
 
 # The distributed optimizer's default format ('fully_sharded_model_space') is refused by dist-checkpointing
@@ -76,7 +76,7 @@ def _rng_state() -> dict[str, Any]:
 
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "tracker": get_cuda_rng_tracker().get_states()}
-    if torch.cuda.is_available():
+    if device.on_gpu:
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
@@ -87,7 +87,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     get_cuda_rng_tracker().set_states(state["tracker"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and device.on_gpu:
         torch.cuda.set_rng_state(state["cuda"])
 
 

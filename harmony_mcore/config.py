@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harmony_mcore.dtypes import DTYPES
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the fix in its message."""
@@ -37,7 +39,7 @@ class ModelConfig:
     recompute: str = "none"  # none | selective | full
 
     def validate(self) -> None:
-        _check(self.dtype in ("bf16", "fp16", "fp32"), f"model.dtype={self.dtype!r}: use bf16, fp16 or fp32")
+        _check(self.dtype in DTYPES, f"model.dtype={self.dtype!r}: use {', '.join(DTYPES)}")
         _check(self.recompute in ("none", "selective", "full"),
                f"model.recompute={self.recompute!r}: use none, selective or full")
 

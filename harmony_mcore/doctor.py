@@ -105,10 +105,12 @@ def declared_requirements(c: Component) -> list[str]:
 def probe_gpus() -> GpuInfo:
     try:
         import torch
+
+        from harmony_mcore import device
     except ImportError:  # reported as missing in the table
         return GpuInfo()
     info = GpuInfo(cuda=torch.version.cuda)
-    if not torch.cuda.is_available():
+    if not device.on_gpu:
         return info
     nccl = torch.cuda.nccl.version()  # a tuple; an int in old torch
     info.nccl = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
@@ -270,9 +272,9 @@ def render(report: dict[str, Any]) -> None:
 
 
 def _has_cuda() -> bool:
-    import torch
+    from harmony_mcore import device
 
-    return torch.cuda.is_available()
+    return device.on_gpu
 
 
 def main(argv: list[str]) -> int:

@@ -274,16 +274,16 @@ def hf_model_dir(model: str, out_dir: str | Path, hf_config: str | None = None) 
 def load_engine(model: str | Path, engine: str = "auto", dtype: str = "auto", tp: int = 1,
                 max_model_len: int = 4096, seed: int = 0) -> tuple[Any, Any]:
     """(engine, tokenizer) for a Hugging Face model folder: vLLM on a GPU, transformers on CPU."""
-    import torch
+    from harmony_mcore import device
+    from harmony_mcore.dtypes import torch_dtype
 
-    cuda = torch.cuda.is_available()
+    cuda = device.on_gpu
     engine = engine if engine != "auto" else ("vllm" if cuda else "torch")
     dtype = dtype if dtype != "auto" else ("bf16" if cuda else "fp32")
     if engine == "torch":
         from harmony_mcore.rollout.torch_engine import TorchEngine
 
-        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        built = TorchEngine.from_pretrained(str(model), dtype=torch_dtype)
+        built = TorchEngine.from_pretrained(str(model), dtype=torch_dtype(dtype))
         return built, built.tokenizer
     if engine == "vllm":
         from harmony_mcore.config import RolloutConfig

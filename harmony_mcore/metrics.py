@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from harmony_mcore import device
 
 # What the console line and the PNG report show (a key absent from a run is skipped).
 CONSOLE_KEYS = {"reward/label_accuracy": "label_acc", "reward/coverage": "coverage",
@@ -48,8 +48,7 @@ class PhaseTimer:
         try:
             yield
         finally:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            device.synchronize()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
     def metrics(self) -> dict[str, float]:
@@ -130,12 +129,13 @@ class RunLogger:
 
     def add_mfu(self, metrics: dict[str, Any], tokens: int, hf_config: dict, world: int) -> None:
         """MFU of the update on GPU (H100 bf16 peak unless HARMONY_PEAK_TFLOPS says otherwise)."""
-        if not torch.cuda.is_available():
+        if not device.on_gpu:
             return
         if self._params is None:
-            from harmony_mcore.plan import ModelShape, total_params
+            from harmony_mcore.models.families import shape
+            from harmony_mcore.plan import total_params
 
-            self._params = total_params(ModelShape.from_hf(hf_config))
+            self._params = total_params(shape(hf_config))
         peak = float(os.environ.get("HARMONY_PEAK_TFLOPS", "989")) * 1e12
         metrics["throughput/mfu"] = mfu(tokens, metrics["time/update_s"], self._params, world, peak)
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from harmony_mcore.cli import int_at_least, number_in
 from harmony_mcore.config import ConfigError, RunConfig, load_config
 from harmony_mcore.models import families
+from harmony_mcore.models.family import ModelShape
 from harmony_mcore.preflight import preflight
 
 GiB = 2**30
@@ -29,46 +30,6 @@ GiB = 2**30
 
 # --------------------------------------------------------------------------------------------
 # Inputs: the model's shape, the hardware, and the assumptions that are not in any config.
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers of an HF config.json that memory and FLOPs depend on."""
-
-    arch: str
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    ffn: int
-    vocab: int
-    tied: bool
-    qkv_bias: bool
-    qk_norm: bool
-
-    @classmethod
-    def from_hf(cls, hf: Any) -> ModelShape:
-        """From a config.json dict or transformers config; the family registry supplies the flags."""
-        from harmony_mcore.bridge.mapping import get_mapping
-
-        cfg = families.hf_dict(hf)
-        family = families.get_family(cfg)
-        get_mapping(cfg)  # dimensions are positive integers and fit together, or a ConfigError naming them
-        heads = cfg["num_attention_heads"]
-        return cls(
-            arch=families.architecture(cfg),
-            layers=cfg["num_hidden_layers"],
-            hidden=cfg["hidden_size"],
-            heads=heads,
-            kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=families.head_dim(cfg),
-            ffn=cfg["intermediate_size"],
-            vocab=cfg["vocab_size"],
-            tied=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=family.qkv_bias,
-            qk_norm=family.qk_layernorm,
-        )
 
 
 @dataclass(frozen=True)
@@ -530,7 +491,7 @@ def plan_run(cfg: RunConfig, gpus: int | None = None, a: Assumptions = Assumptio
     hw = parse_fits(cfg.fits)[1] if cfg.fits else H100
     gpus = job_gpus(cfg, gpus)
     cluster_preflight(cfg, gpus, hf, a.transformer_engine)  # the run's own checks, before any layout arithmetic
-    m, lay = ModelShape.from_hf(hf), layout_from_config(cfg, gpus)
+    m, lay = families.shape(hf), layout_from_config(cfg, gpus)
     check = preflight_check(cfg, hf, a.transformer_engine)
     w = replace(Workload.from_config(cfg), mean_seq_len=mean_seq_len)
     param_bytes = 4 if cfg.model.dtype == "fp32" else 2

@@ -20,12 +20,13 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.distributed as dist
 
+from harmony_mcore import device
 from harmony_mcore.algo.loss import grpo_view_loss
 from harmony_mcore.algo.schedules import lr_at
 from harmony_mcore.config import AlgorithmConfig, ParallelConfig
+from harmony_mcore.dtypes import torch_dtype
 from harmony_mcore.models import families
 from harmony_mcore.models.builder import build_chunks, global_name, wrap_ddp
-from harmony_mcore.parallel.distributed import device
 from harmony_mcore.parallel.vocab_parallel import vocab_parallel_logprobs
 
 
@@ -102,11 +103,10 @@ class Policy:
         from megatron.core import parallel_state as ps
 
         cfg = families.hf_dict(hf_config)
-        families.get_family(cfg)
         self.hf_config = {**cfg, "architectures": [families.architecture(cfg)]}  # the bridge keys on it
         self.parallel, self.algo, self.total_steps = parallel, algorithm, total_steps
         self.vocab_size = self.hf_config["vocab_size"]
-        self.on_gpu = torch.cuda.is_available()
+        self.on_gpu = device.on_gpu
         self.dp = ps.get_data_parallel_world_size()
         self.dp_rank = ps.get_data_parallel_rank()
         build = partial(build_chunks, self.hf_config, parallel, dtype=dtype, recompute=recompute, use_te=use_te,
@@ -147,7 +147,7 @@ class Policy:
             self.optimizer.reload_model_params()
         if self.reference is None:
             return
-        self._reference_to(device())
+        self._reference_to(device.current())
         for ref, pol in zip(self.reference, self.modules):
             ref.load_state_dict(pol.state_dict())
         self._offload_reference()
@@ -180,7 +180,7 @@ class Policy:
 
         per_rank = packed.tensors["ids"].shape[0] // self.dp
         lo = self.dp_rank * per_rank
-        dev = device()
+        dev = device.current()
         micro = [{k: v[lo + i: lo + i + mbs].to(dev) for k, v in packed.tensors.items()}
                  for i in range(0, per_rank, mbs)]
         S = packed.seq
@@ -234,7 +234,7 @@ class Policy:
 
         chunks = self.reference if reference else self.model
         if reference:
-            self._reference_to(device())
+            self._reference_to(device.current())
         outputs = self._run(chunks, packed, mbs, loss_fn, forward_only=True)
         if reference:
             self._offload_reference()
@@ -242,7 +242,7 @@ class Policy:
         B_pad = packed.tensors["ids"].shape[0]
         result = []
         for name in names:
-            full = torch.zeros(B_pad, packed.seq, device=device())
+            full = torch.zeros(B_pad, packed.seq, device=device.current())
             if ps.is_pipeline_last_stage(ignore_virtual=True):
                 local = torch.cat([o[name] for o in outputs])
                 parts = list(full.chunk(self.dp))  # views into `full`, one per DP rank
@@ -269,7 +269,7 @@ class Policy:
         cpu_compat.fix_torch_adam_fallback()
         cfg = OptimizerConfig(optimizer="adam", lr=a.lr, min_lr=0.0, weight_decay=a.weight_decay,
                               adam_beta1=a.betas[0], adam_beta2=a.betas[1], adam_eps=1e-8, clip_grad=a.grad_clip,
-                              bf16=dtype == "bf16", fp16=dtype == "fp16", params_dtype=families._DTYPES[dtype],
+                              bf16=dtype == "bf16", fp16=dtype == "fp16", params_dtype=torch_dtype(dtype),
                               use_distributed_optimizer=distributed,
                               loss_scale=None if dtype == "fp16" else 1.0,  # fp16: dynamic loss scaling,
                               initial_loss_scale=2.0**16)  # from 2^16, not Megatron's 2^32: fewer skipped steps
@@ -327,7 +327,7 @@ class Policy:
         for c in self.model:
             c.zero_grad_buffer()
         self.optimizer.zero_grad()
-        metrics = torch.zeros(len(views), 3, dtype=torch.float64, device=device())
+        metrics = torch.zeros(len(views), 3, dtype=torch.float64, device=device.current())
         for v, view in enumerate(views):
             ref_used = view.ref_logp is not None and a.kl_coef > 0
             per_token = {"ids": view.input_ids.long(), "mask": (view.response_mask * view.attention_mask).float(),

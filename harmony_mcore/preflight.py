@@ -10,8 +10,7 @@ from typing import Any
 
 import importlib.util
 
-import torch
-
+from harmony_mcore import device
 from harmony_mcore.config import ConfigError, RunConfig
 from harmony_mcore.models import families
 
@@ -28,9 +27,8 @@ def preflight(run_cfg: RunConfig, world_size: int, hf_config: Any = None, *, on_
     hf_config = hf_config if hf_config is not None else model.hf_config
     if hf_config is None:
         raise ConfigError("no model config: set model.hf_config or model.path to a directory with config.json")
-    cfg = families.hf_dict(hf_config)
-    families.get_family(cfg)
-    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    m = families.shape(hf_config)
+    on_gpu = device.on_gpu if on_gpu is None else on_gpu
     tp, pp, vpp = par.tp, par.pp, par.vpp
     if not on_gpu and model.dtype != "fp32":
         raise ConfigError(f"model.dtype={model.dtype} needs a GPU: set model.dtype=fp32 on CPU")
@@ -46,7 +44,7 @@ def preflight(run_cfg: RunConfig, world_size: int, hf_config: Any = None, *, on_
         raise ConfigError(f"parallel.dp={par.dp} but world size {world_size} = tp {tp} x pp {pp} x dp {dp}: "
                           f"set parallel.dp={dp} (or null) or launch {tp * pp * par.dp} processes")
 
-    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    heads, kv = m.heads, m.kv_heads
     if heads % tp:
         raise ConfigError(f"{heads} attention heads are not divisible by parallel.tp={tp}: "
                           f"use tp in {[d for d in _divisors(heads) if kv % d == 0]}")
@@ -54,7 +52,7 @@ def preflight(run_cfg: RunConfig, world_size: int, hf_config: Any = None, *, on_
         raise ConfigError(f"{kv} KV heads (query groups) are not divisible by parallel.tp={tp}: "
                           f"use tp in {_divisors(kv)}")
 
-    layers = cfg["num_hidden_layers"]
+    layers = m.layers
     stages = pp * (vpp or 1)
     if layers % stages:
         what = f"parallel.pp*parallel.vpp = {pp}*{vpp}" if vpp else f"parallel.pp={pp}"

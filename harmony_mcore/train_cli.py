@@ -45,12 +45,14 @@ def split_args(argv: list[str]) -> list[str]:
 def nproc_for(cfg: RunConfig, given: int | None) -> int:
     import torch
 
+    from harmony_mcore import device
+
     if given:
         return given
     tp_pp = cfg.parallel.tp * cfg.parallel.pp
     if cfg.parallel.dp:
         return tp_pp * cfg.parallel.dp
-    return max(torch.cuda.device_count(), tp_pp) if torch.cuda.is_available() else tp_pp
+    return max(torch.cuda.device_count(), tp_pp) if device.on_gpu else tp_pp
 
 
 def inside_launcher() -> bool:

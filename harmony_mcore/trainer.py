@@ -32,6 +32,7 @@ from harmony_mcore.algo.loss import rows_by_view, view_advantages
 from harmony_mcore.algo.schedules import strategy_at
 from harmony_mcore.config import ConfigError, RunConfig
 from harmony_mcore.data.benchmarks import Problem
+from harmony_mcore.dtypes import torch_dtype
 
 TOY = "toy-arith"
 # Reward sources that score a response by a per-token statistic of the policy's own distribution:
@@ -206,11 +207,9 @@ class Trainer:
         self.policy = Policy(hf_config, cfg.parallel, cfg.algorithm, dtype=cfg.model.dtype, total_steps=self.steps,
                              recompute=cfg.model.recompute, reference=cfg.algorithm.kl_coef > 0)
         self._load_initial_weights()
-        dtype = cfg.model.dtype if torch.cuda.is_available() else "fp32"
         self.engine = create_engine(cfg.rollout, hf_config=hf_config, tokenizer=self.tokenizer,
-                                    model_path=str(self.hf_dir), dtype=dtype, seed=cfg.seed, log=self._log)
-        rollout_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-        self.exporter = WeightExporter(self.policy.model, hf_config, rollout_dtype=rollout_dtype,
+                                    model_path=str(self.hf_dir), dtype=cfg.model.dtype, seed=cfg.seed, log=self._log)
+        self.exporter = WeightExporter(self.policy.model, hf_config, rollout_dtype=torch_dtype(cfg.model.dtype),
                                        bucket_bytes=cfg.rollout.bucket_mb << 20)
         self.reducer = Reducer(cfg.algorithm, group=self.gloo, num_views=self.K)
         # Rollout replicas: vLLM ranks of one rollout-TP group must issue identical requests.

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harmony_mcore import plan
+from harmony_mcore.models import families
 from harmony_mcore.config import ConfigError, load_config, presets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def test_params_and_inflight_microbatches_equal_megatron(run_torchrun, tmp_path)
     assert len(result["ranks"]) == 16
     for row in result["ranks"]:
         for name, hf in result["families"].items():
-            expected = plan.params_per_rank(plan.ModelShape.from_hf(hf), row["tp"], row["pp"])[row["pp_rank"]]
+            expected = plan.params_per_rank(families.shape(hf), row["tp"], row["pp"])[row["pp_rank"]]
             assert row[name] == expected * 4, (name, row)  # fp32 on CPU
         vpp = row["vpp"] or None
         for micro, held in row.get("inflight", {}).items():  # chunk-micro-batches; the plan counts stages' worth
@@ -62,7 +63,7 @@ def test_total_params_equal_transformers_models():
     models = _preset_models()
     assert len(models) >= 5
     for key, hf in models.items():
-        assert plan.total_params(plan.ModelShape.from_hf(hf)) == _hf_param_count(hf), key
+        assert plan.total_params(families.shape(hf)) == _hf_param_count(hf), key
 
 
 def test_kv_bytes_per_token_equal_the_transformers_cache():
@@ -77,7 +78,7 @@ def test_kv_bytes_per_token_equal_the_transformers_cache():
     layers = getattr(cache, "layers", None)
     pairs = [(lay.keys, lay.values) for lay in layers] if layers is not None else zip(cache.key_cache, cache.value_cache)
     cached = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in pairs)
-    assert cached == plan.kv_bytes_per_token(plan.ModelShape.from_hf(hf), rollout_tp=1, dtype_bytes=4) * s
+    assert cached == plan.kv_bytes_per_token(families.shape(hf), rollout_tp=1, dtype_bytes=4) * s
 
 
 @pytest.mark.parametrize("pp, vpp", [(2, 2), (4, 2), (4, 3), (8, 4)])
@@ -124,7 +125,7 @@ def test_worked_example_in_docs():
     ours = {"params_per_rank": st["params"], "concurrent_sequences": r["concurrent_sequences"], "waves": r["waves"],
             "decode_steps": r["decode_steps"],
             "kv_bytes_per_token": r["kv_bytes_per_token"], "kv_pool": r["kv_pool"],
-            "forward_flops_per_sequence": plan.forward_flops(plan.ModelShape.from_hf(cfg.model.hf_config), 4096),
+            "forward_flops_per_sequence": plan.forward_flops(families.shape(cfg.model.hf_config), 4096),
             "fits": str(p["fits"]).lower()}
     ours |= {k: st[k] for k in doc if k in st}
     assert {k: str(v) for k, v in ours.items()} == doc
@@ -153,7 +154,7 @@ def test_suggestion_is_the_smallest_layout_that_fits():
     p, _, suggestion = plan.plan_run(cfg)
     assert not p["fits"] and p["problems"]
     lay, fraction = suggestion
-    m, w = plan.ModelShape.from_hf(cfg.model.hf_config), plan.Workload.from_config(cfg)
+    m, w = families.shape(cfg.model.hf_config), plan.Workload.from_config(cfg)
     w2 = plan.Workload(**{**w.__dict__, "memory_fraction": fraction})
     assert plan.plan(m, lay, w2)["fits"] and lay.gpus == 8
     base, check = plan.layout_from_config(cfg, 8), plan.preflight_check(cfg, cfg.model.hf_config)
@@ -202,11 +203,11 @@ def test_bad_inputs_name_the_fix():
     with pytest.raises(ConfigError, match="without downloading"):
         plan.plan_run(load_config("qwen3-8b-math500", ["model.hf_config=null", "model.path=/nonexistent/model"]))
     with pytest.raises(ConfigError, match="supported are"):
-        plan.ModelShape.from_hf({"architectures": ["MistralForCausalLM"]})
+        families.shape({"architectures": ["MistralForCausalLM"]})
     hf = dict(_preset("qwen3-4b-math500").model.hf_config)
     for key in ("hidden_size", "num_attention_heads", "num_hidden_layers"):
         with pytest.raises(ConfigError, match=f"{key}=0; it must be a positive integer"):
-            plan.ModelShape.from_hf({**hf, key: 0})
+            families.shape({**hf, key: 0})
 
 
 def test_cli_json_and_errors(capsys):
@@ -233,7 +234,7 @@ def test_gpu_policy_check_prints_the_plan_for_its_own_setup():
     spec.loader.exec_module(bench)
     hf = bench.QWEN3_1P7B
     assert hf["vocab_size"] % 128 == 0 and hf["tie_word_embeddings"]  # no padding, one embedding copy
-    m = plan.ModelShape.from_hf(hf)
+    m = families.shape(hf)
     act = plan.layer_activation_bytes(m, bench.SEQ, 1, tp=1, sp=False, recompute="selective", flash=False)
     expected = 20 * _hf_param_count(hf) + 28 * act + bench.SEQ * hf["vocab_size"] * 6
     par = ParallelConfig(tp=1, pp=1, micro_batch_size=1, distributed_optimizer=True)
@@ -245,7 +246,7 @@ def test_mean_seq_len_changes_time_not_memory():
     full, _, _ = plan.plan_run(cfg)
     short, _, _ = plan.plan_run(cfg, mean_seq_len=1024)
     assert short["peak"] == full["peak"] and short["stages"] == full["stages"]
-    m = plan.ModelShape.from_hf(cfg.model.hf_config)
+    m = families.shape(cfg.model.hf_config)
     assert short["flops"]["train"] == 3 * 4096 * plan.forward_flops(m, 1024)
     assert short["rollout"]["decode_steps"] < full["rollout"]["decode_steps"] / 3
     assert short["time_floor_s"]["total"] < full["time_floor_s"]["total"] / 3
@@ -255,7 +256,7 @@ def test_without_transformer_engine_attention_scores_count():
     cfg = load_config("qwen3-1.7b-math500", ["parallel.micro_batch_size=1"])
     te, _, _ = plan.plan_run(cfg)
     no_te, _, suggestion = plan.plan_run(cfg, a=plan.Assumptions(transformer_engine=False))
-    m = plan.ModelShape.from_hf(cfg.model.hf_config)
+    m = families.shape(cfg.model.hf_config)
     extra = 2 * m.heads * 4096 * 4096 * m.layers  # 2*a*s^2 bytes per layer, micro-batch 1, TP1
     assert no_te["stages"][0]["activations"] - te["stages"][0]["activations"] == extra
     assert suggestion is None or not suggestion[0].sequence_parallel

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from harmony_mcore import device
 from harmony_mcore.bridge.mapping import COLUMN, GATE_UP, REPLICATED, ROW, VOCAB, get_mapping, shift_layer, strip_wrappers
 
 
@@ -211,8 +212,8 @@ class WeightExporter:
             else:
                 full = local
         else:
-            device = next(iter(self._params[0].values())).device
-            full = torch.empty(entry.full_shape, dtype=entry.dtype, device=device)
+            dev = next(iter(self._params[0].values())).device
+            full = torch.empty(entry.full_shape, dtype=entry.dtype, device=dev)
         if pp_group is not None:
             full = full.contiguous()
             dist.broadcast(full, src=dist.get_global_rank(pp_group, entry.owner_stage), group=pp_group)
@@ -260,8 +261,7 @@ def policy_scorer(policy, temperature: float = 1.0) -> Callable[[list[list[int]]
 
 def synced_time() -> float:
     """Wall time after the GPU's queued work (timings of asynchronous kernels would be meaningless)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    device.synchronize()
     return time.perf_counter()
 
 

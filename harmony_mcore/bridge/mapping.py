@@ -11,103 +11,28 @@ this module, so a layout fact is written exactly once. Everything here is per te
 
 Megatron names use *global* layer numbers; a PP stage's local names are shifted with
 `shift_layer(name, +stage_offset)` (offset from megatron's `get_transformer_layer_offset`).
-Layout facts (shared/DESIGN.md, reference/anchors.md §3b):
-- `linear_qkv` is G blocks (G = KV heads) of [r query heads | 1 key head | 1 value head] rows,
-  r = H / G; TP shards hold whole groups, so the TP split is a plain dim-0 chunk.
-- `linear_fc1` is [gate; up] on one rank and [gate_t; up_t] on each TP rank.
-- Norm names differ between the TE spec (fused into the next linear: `...layer_norm_weight`)
-  and the local spec (`input_layernorm`, `pre_mlp_layernorm`); both are accepted.
-- Embedding and output layer may carry padded vocab rows: trimmed on export, zero-padded on import.
-- With tied embeddings there is no `output_layer.weight`; a PP last stage's copy is skipped.
+The table itself (`Rule`s, with their TP layouts) belongs to the model family
+(`harmony_mcore.models.family`), found in the one registry (`harmony_mcore.models.families`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Mapping as TMapping, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from harmony_mcore.config import ConfigError
+from harmony_mcore.models.families import get_family, hf_dict
+from harmony_mcore.models.family import COLUMN, GATE_UP, REPLICATED, ROW, VOCAB, MappingError, Rule
 
-
-class MappingError(ConfigError):
-    """A tensor or config that the mapping cannot handle, with the fix in the message."""
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str  # HF model_type
-    qkv_bias: bool  # Qwen2/2.5: biases on q/k/v projections
-    qk_norm: bool  # Qwen3: RMSNorm on each query/key head
-
-
-# HF architecture -> family: the one registry (harmony_mcore.models.families derives its own from it).
-FAMILIES: dict[str, Family] = {
-    "Qwen2ForCausalLM": Family("qwen2", qkv_bias=True, qk_norm=False),
-    "Qwen3ForCausalLM": Family("qwen3", qkv_bias=False, qk_norm=True),
-    "LlamaForCausalLM": Family("llama", qkv_bias=False, qk_norm=False),
-}
-
-
-# Tensor-parallel layouts of megatron params (how a full tensor splits over TP ranks).
-REPLICATED, COLUMN, ROW, GATE_UP, VOCAB = "replicated", "column", "row", "gate_up", "vocab"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One megatron param <-> one or more HF tensors. Names are templates with `{i}` = layer."""
-
-    mcore: str  # TE-spec name; also the dist-checkpoint key (minus the layer number)
-    hf: tuple[str, ...]
-    tp: str  # one of the TP layouts above
-    local: str | None = None  # local-spec spelling, when it differs
-
-    @property
-    def per_layer(self) -> bool:
-        return "{i}" in self.mcore
-
-    @property
-    def checkpoint_key(self) -> str:
-        """Megatron's sharded key: layers are stacked along a leading layer axis."""
-        return self.mcore.replace("layers.{i}.", "layers.")
-
-
-def _rules(family: Family, tied: bool) -> list[Rule]:
-    d, p = "decoder.layers.{i}.", "model.layers.{i}."
-    rules = [Rule("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), VOCAB)]
-    rules.append(Rule(d + "self_attention.linear_qkv.layer_norm_weight", (p + "input_layernorm.weight",),
-                      REPLICATED, local=d + "input_layernorm.weight"))
-    qkv = tuple(p + f"self_attn.{x}_proj.weight" for x in "qkv")
-    rules.append(Rule(d + "self_attention.linear_qkv.weight", qkv, COLUMN))
-    if family.qkv_bias:
-        rules.append(Rule(d + "self_attention.linear_qkv.bias",
-                          tuple(p + f"self_attn.{x}_proj.bias" for x in "qkv"), COLUMN))
-    if family.qk_norm:
-        rules.append(Rule(d + "self_attention.q_layernorm.weight", (p + "self_attn.q_norm.weight",), REPLICATED))
-        rules.append(Rule(d + "self_attention.k_layernorm.weight", (p + "self_attn.k_norm.weight",), REPLICATED))
-    rules.append(Rule(d + "self_attention.linear_proj.weight", (p + "self_attn.o_proj.weight",), ROW))
-    rules.append(Rule(d + "mlp.linear_fc1.layer_norm_weight", (p + "post_attention_layernorm.weight",),
-                      REPLICATED, local=d + "pre_mlp_layernorm.weight"))
-    rules.append(Rule(d + "mlp.linear_fc1.weight", (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), GATE_UP))
-    rules.append(Rule(d + "mlp.linear_fc2.weight", (p + "mlp.down_proj.weight",), ROW))
-    rules.append(Rule("decoder.final_layernorm.weight", ("model.norm.weight",), REPLICATED))
-    if not tied:
-        rules.append(Rule("output_layer.weight", ("lm_head.weight",), VOCAB))
-    return rules
+__all__ = ["COLUMN", "GATE_UP", "REPLICATED", "ROW", "VOCAB", "Mapping", "MappingError", "Rule", "get_mapping",
+           "shift_layer", "strip_wrappers"]
 
 
 # HF names that carry no weights a model needs (old Llama checkpoints store rotary buffers).
 _IGNORABLE_HF = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if isinstance(cfg, TMapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def _template(name: str) -> tuple[str, int | None]:
@@ -116,16 +41,6 @@ def _template(name: str) -> tuple[str, int | None]:
     if m is None:
         return name, None
     return name[: m.start()] + ".layers.{i}." + name[m.end():], int(m.group(1))
-
-
-def _size(hf_config: Any, key: str, default: int | None = None) -> int:
-    """A positive integer dimension of the config (a missing, zero or non-integer one is a MappingError)."""
-    value = _get(hf_config, key)
-    value = default if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MappingError(f"config.json: {key}={value!r}; it must be a positive integer (is this the model's "
-                           "own config.json?)")
-    return value
 
 
 def shift_layer(name: str, offset: int) -> str:
@@ -145,29 +60,14 @@ class Mapping:
     """The mapping for one model (family + dimensions from its HF config)."""
 
     def __init__(self, hf_config: Any):
-        archs = _get(hf_config, "architectures") or []
-        by_type = {f.name: a for a, f in FAMILIES.items()}
-        arch = archs[0] if archs else by_type.get(_get(hf_config, "model_type"), "<none>")
-        if arch not in FAMILIES:
-            raise MappingError(f"unsupported architecture {arch}: supported are {', '.join(sorted(FAMILIES))}")
-        self.arch, self.family = arch, FAMILIES[arch]
-        for flag in ("attention_bias", "mlp_bias"):
-            if _get(hf_config, flag, False) and not (flag == "attention_bias" and self.family.qkv_bias):
-                raise MappingError(f"{self.arch} with {flag}=true is not supported: only Qwen2 has (q/k/v) biases")
-        self.num_layers = _size(hf_config, "num_hidden_layers")
-        self.hidden = _size(hf_config, "hidden_size")
-        self.heads = _size(hf_config, "num_attention_heads")
-        self.groups = _size(hf_config, "num_key_value_heads", self.heads)
-        self.head_dim = _size(hf_config, "head_dim", self.hidden // self.heads)
-        self.ffn = _size(hf_config, "intermediate_size")
-        self.vocab = _size(hf_config, "vocab_size")
-        self.tied = bool(_get(hf_config, "tie_word_embeddings", False))
-        if self.heads % self.groups:
-            raise MappingError(f"num_attention_heads={self.heads} is not a multiple of "
-                               f"num_key_value_heads={self.groups}")
-        self.rules = _rules(self.family, self.tied)
+        cfg = hf_dict(hf_config)
+        self.family = get_family(cfg)
+        self.shape = self.family.shape(cfg)
+        m = self.shape
+        self.arch, self.num_layers, self.hidden, self.heads = m.arch, m.layers, m.hidden, m.heads
+        self.groups, self.head_dim, self.ffn, self.vocab, self.tied = m.kv_heads, m.head_dim, m.ffn, m.vocab, m.tied
+        self.rules = self.family.rules(m)
         self._by_name = {r.mcore: r for r in self.rules} | {r.local: r for r in self.rules if r.local}
-        self._by_hf = {h: r for r in self.rules for h in r.hf}
 
     # ---- names ----------------------------------------------------------------------------
     def rule(self, mcore_name: str) -> tuple[Rule, int | None]:
@@ -194,28 +94,7 @@ class Mapping:
     @cached_property
     def hf_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every HF tensor name -> shape, in the order HF models list them."""
-        h, d, q, kv = self.hidden, self.head_dim, self.heads * self.head_dim, self.groups * self.head_dim
-        base = {"model.embed_tokens.weight": (self.vocab, h)}
-        per_layer = {
-            "input_layernorm.weight": (h,),
-            "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h),
-            "self_attn.v_proj.weight": (kv, h),
-            "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
-            "self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,),
-            "self_attn.o_proj.weight": (h, q),
-            "post_attention_layernorm.weight": (h,),
-            "mlp.gate_proj.weight": (self.ffn, h), "mlp.up_proj.weight": (self.ffn, h),
-            "mlp.down_proj.weight": (h, self.ffn),
-        }
-        wanted = {n for r in self.rules for n in r.hf}
-        for i in range(self.num_layers):
-            for suffix, shape in per_layer.items():
-                if f"model.layers.{{i}}.{suffix}" in wanted:
-                    base[f"model.layers.{i}.{suffix}"] = shape
-        base["model.norm.weight"] = (h,)
-        if not self.tied:
-            base["lm_head.weight"] = (self.vocab, h)
-        return base
+        return self.family.hf_shapes(self.shape)
 
     def hf_sources(self, mcore_name: str) -> list[str]:
         """The HF tensors a megatron param is built from (in `hf_to_mcore` argument order)."""

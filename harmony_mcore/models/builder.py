@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from harmony_mcore import device
 from harmony_mcore.config import ParallelConfig
 from harmony_mcore.models import families
 
@@ -32,7 +33,7 @@ def build_chunks(hf_config: Any, parallel: ParallelConfig, *, dtype: str = "fp32
                          pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
                          post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
                          vp_stage=vp_stage, **kwargs)
-        if torch.cuda.is_available():
+        if device.on_gpu:
             model.cuda(torch.cuda.current_device())
         # The local spec's norms are created fp32 whatever params_dtype says; Megatron's training loop
         # casts the whole model (Float16Module), and its mixed-precision optimizer and checkpoints expect

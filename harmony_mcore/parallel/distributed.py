@@ -17,6 +17,7 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
+from harmony_mcore import device
 from harmony_mcore.config import ConfigError, ParallelConfig
 from harmony_mcore.parallel import cpu_compat
 
@@ -60,8 +61,7 @@ def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_min:
     Call `harmony_mcore.preflight.preflight` first: this function assumes a valid layout.
     """
     le = launch_env()
-    on_gpu = torch.cuda.is_available()
-    if on_gpu:
+    if device.on_gpu:
         torch.cuda.set_device(le.local_rank)
     else:
         cpu_compat.enable()
@@ -70,7 +70,7 @@ def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_min:
         for key, val in (("MASTER_ADDR", le.master_addr), ("MASTER_PORT", le.master_port),
                          ("RANK", le.rank), ("WORLD_SIZE", le.world_size), ("LOCAL_RANK", le.local_rank)):
             os.environ.setdefault(key, str(val))
-        dist.init_process_group(backend="nccl" if on_gpu else "gloo", init_method="env://",
+        dist.init_process_group(backend=device.backend, init_method="env://",
                                 rank=le.rank, world_size=le.world_size, timeout=timedelta(minutes=timeout_min))
     init_model_parallel(parallel, seed=seed)
     return le
@@ -87,7 +87,7 @@ def init_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> None:
                                  pipeline_model_parallel_size=parallel.pp,
                                  virtual_pipeline_model_parallel_size=parallel.vpp)
     # The default tracker forks the CUDA RNG; the inference tracker works on CPU too.
-    model_parallel_cuda_manual_seed(seed, inference_rng_tracker=not torch.cuda.is_available())
+    model_parallel_cuda_manual_seed(seed, inference_rng_tracker=not device.on_gpu)
     torch.manual_seed(seed)
 
 
@@ -98,7 +98,3 @@ def destroy_distributed() -> None:
         ps.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -5,19 +5,16 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-import torch
-
+from harmony_mcore import device
 from harmony_mcore.config import ConfigError, RolloutConfig
+from harmony_mcore.dtypes import torch_dtype
 from harmony_mcore.rollout.base import GenerationResult, RolloutEngine, Sample, SamplingParams
 
 __all__ = ["create_engine", "engine_kind", "GenerationResult", "RolloutEngine", "Sample", "SamplingParams"]
 
-_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 def engine_kind(cfg: RolloutConfig, *, cuda: bool | None = None, vllm_installed: bool | None = None) -> str:
     """'vllm' or 'torch' for rollout.engine (auto = vllm on a GPU, torch on CPU)."""
-    cuda = torch.cuda.is_available() if cuda is None else cuda
+    cuda = device.on_gpu if cuda is None else cuda
     kind = cfg.engine if cfg.engine != "auto" else ("vllm" if cuda else "torch")
     if vllm_installed is None:
         vllm_installed = importlib.util.find_spec("vllm") is not None
@@ -39,7 +36,7 @@ def create_engine(cfg: RolloutConfig, *, hf_config: dict[str, Any], tokenizer, m
     if kind == "torch":
         from harmony_mcore.rollout.torch_engine import TorchEngine
 
-        return TorchEngine.from_hf_config(hf_config, tokenizer, dtype=_TORCH_DTYPES[dtype])
+        return TorchEngine.from_hf_config(hf_config, tokenizer, dtype=torch_dtype(dtype))
     if model_path is None:
         raise ConfigError("rollout.engine=vllm needs an HF model directory (config.json + tokenizer): set model.path")
     from harmony_mcore.rollout.vllm_engine import VllmEngine

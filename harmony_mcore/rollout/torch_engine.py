@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from harmony_mcore.device import current as current_device, empty_cache
 from harmony_mcore.rollout.base import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -36,7 +37,7 @@ def _build_model(hf_config: dict[str, Any], dtype: torch.dtype, device: str | to
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")):
+        with torch.device(device or current_device()):
             model = AutoModelForCausalLM.from_config(config)
     finally:
         torch.set_default_dtype(previous)
@@ -66,7 +67,7 @@ class TorchEngine:
     """RolloutEngine on a transformers causal LM (see harmony_mcore.rollout.base for the protocol)."""
 
     def __init__(self, model, tokenizer, *, device: str | torch.device | None = None, max_batch_size: int = 256):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or current_device())
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -155,7 +156,7 @@ class TorchEngine:
             raise ValueError(f"sleep level {level}: use 1 or 2")
         if self.device.type == "cuda":
             self.model.to("cpu")
-            torch.cuda.empty_cache()
+            empty_cache()
         self._weights_awake = False
 
     def wake_up(self, tags: Sequence[str] | None = None) -> None:

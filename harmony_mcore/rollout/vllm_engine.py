@@ -26,7 +26,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from harmony_mcore import device
 from harmony_mcore.config import RolloutConfig
+from harmony_mcore.dtypes import DTYPES
 from harmony_mcore.rollout.base import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -37,8 +39,6 @@ from harmony_mcore.rollout.base import (
     sample_seed,
 )
 
-VLLM_VERSION = "0.32"  # the supported line (harmony_mcore.doctor.SUPPORTED)
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def engine_args(cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, max_model_len: int | None,
@@ -49,13 +49,13 @@ def engine_args(cfg: RolloutConfig, model_path: str, *, dtype: str, seed: int, m
     from disk (the bridge's first sync provides them). Standalone (evaluation): vLLM's own executor
     and the checkpoint's weights. `sleep_mode`: whether the platform supports it (not on CPU).
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r}: use one of {sorted(_DTYPES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
     args: dict[str, Any] = {
         "model": model_path,
         "tokenizer": model_path,
         "tensor_parallel_size": cfg.tp,
-        "dtype": _DTYPES[dtype],
+        "dtype": DTYPES[dtype],
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "enable_sleep_mode": sleep_mode,
         "enable_prefix_caching": True,
@@ -220,7 +220,7 @@ class VllmEngine:
         # vLLM maps fresh GPU memory on wake and cannot use PyTorch's cached blocks from the training
         # step: hand them back first, or the two peaks overlap.
         gc.collect()
-        torch.cuda.empty_cache()
+        device.empty_cache()
         self.llm.wake_up(tags=list(tags) if tags is not None else None)
 
     def reset_prefix_cache(self) -> None:
