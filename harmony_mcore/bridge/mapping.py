@@ -11,7 +11,7 @@ this module, so a layout fact is written exactly once. Everything here is per te
 
 Megatron names use *global* layer numbers; a PP stage's local names are shifted with
 `shift_layer(name, +stage_offset)` (offset from megatron's `get_transformer_layer_offset`).
-Layout facts (docs/design.md, "Megatron-Core ↔ Hugging Face layout"):
+Layout facts (shared/DESIGN.md, reference/anchors.md §3b):
 - `linear_qkv` is G blocks (G = KV heads) of [r query heads | 1 key head | 1 value head] rows,
   r = H / G; TP shards hold whole groups, so the TP split is a plain dim-0 chunk.
 - `linear_fc1` is [gate; up] on one rank and [gate_t; up_t] on each TP rank.
