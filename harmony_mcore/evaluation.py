@@ -67,7 +67,7 @@ def settings_from_config(eval_cfg: Any, rollout_cfg: Any, consensus_cfg: Any | N
 
 def eval_suites(eval_cfg: Any, data_cfg: Any) -> dict[str, list[Problem]]:
     """The problems of `eval.benchmarks` (default: the training benchmark, from data.path if set).
-    Other user-supplied benchmarks take their file from `eval.paths[name]` when the config has it."""
+    Only the training benchmark can come from a user file (data.path); the others load shipped files."""
     names = list(eval_cfg.benchmarks) or [data_cfg.benchmark]
     paths = dict(getattr(eval_cfg, "paths", None) or {})
     if data_cfg.path:

@@ -1,4 +1,4 @@
-"""The Self-Harmony loop: one SPMD program, every rank runs `train(cfg)` (DESIGN.md, "The shape").
+"""The Self-Harmony loop: one SPMD program, every rank runs `train(cfg)` (docs/design.md, "One SPMD program").
 
     for each step:
         sync      push the policy's weights into the rollout engine (bridge)

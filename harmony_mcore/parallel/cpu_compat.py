@@ -1,7 +1,7 @@
 """Make megatron-core run on a machine without a GPU (CPU tensors, gloo collectives).
 
-megatron-core assumes CUDA in the places below (shared/DESIGN.md, "Verified facts"; the optimizer ones were
-found by shared/probes/megatron_optimizer_cpu). `enable()` neutralises them, process-wide, and is called by
+megatron-core assumes CUDA in the places below (docs/design.md, "Running megatron-core on CPU").
+`enable()` neutralises them, process-wide, and is called by
 `harmony_mcore.parallel.distributed.init_distributed` only when `torch.cuda.is_available()` is False:
 
 1. `torch.cuda.current_device()` returns "cpu": rotary embeddings and layers pass it as a device.
