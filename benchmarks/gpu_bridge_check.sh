@@ -2,7 +2,7 @@
 # Weight-sync phases on one H100 for a Qwen3-8B-shaped model: export + load into the torch engine
 # (and into vLLM with --vllm). Needs a CUDA PyTorch with megatron-core and transformers; ~3-5 min.
 #   bash benchmarks/gpu_bridge_check.sh [--vllm] [--layers 36] [--repeats 3]
-# --vllm needs vLLM 0.32.x (pip install -e ".[gpu]"); unverified: no GPU was available when it was updated.
+# --vllm needs vLLM 0.32.x (pip install -e ".[gpu]"). Not yet run on a GPU.
 # (--tiny runs a tiny fp32 model, also on CPU: tests/test_gpu_bridge_check_cpu.py, marked slow)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,9 +2,9 @@
 
 Every section validates itself in `validate()`; `RunConfig.validate()` adds the cross-section
 checks. Validation runs before any process group or GPU memory is touched, and every failure
-names the setting to change. Defaults are the paper's hyperparameters. Names are checked against
-the registries they select from (consensus strategies, rewards, equivalence modes), which never
-import this module.
+names the setting to change. Defaults are the paper's hyperparameters (docs/algorithm.md, "Defaults").
+Names are checked against the registries they select from (consensus strategies, rewards,
+equivalence modes), which never import this module.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
-    steps: int | None = None  # None = epochs * ceil(problems / problems_per_step)
+    steps: int | None = None  # None = epochs * (problems // problems_per_step): a partial last batch is dropped
     # Where the cluster layout is meant to fit (read by `harmony plan`), e.g. "2x8xH100-80GB"; informative.
     fits: str | None = None
 

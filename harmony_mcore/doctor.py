@@ -34,7 +34,7 @@ class Component:
     purpose: str
 
 
-# The supported matrix. pyproject.toml's dependency bounds follow it (a test checks they agree).
+# The supported matrix. pyproject.toml states no bound outside it (a test checks each bound pyproject states).
 SUPPORTED: tuple[Component, ...] = (
     Component("python", (), "3.11", None, "core", "use Python 3.11 or newer (megatron-core >= 0.17 needs 3.12)",
               ""),

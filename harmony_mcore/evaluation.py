@@ -64,7 +64,8 @@ def settings_from_config(eval_cfg: Any, rollout_cfg: Any, consensus_cfg: Any | N
 
 
 def eval_suites(eval_cfg: Any, data_cfg: Any) -> dict[str, list[Problem]]:
-    """The problems of `eval.benchmarks` (default: the training benchmark; its file from data.path if set)."""
+    """The problems of `eval.benchmarks` (default: the training benchmark, from data.path if set).
+    Only the training benchmark can come from a user file (data.path); the others load shipped files."""
     names = list(eval_cfg.benchmarks) or [data_cfg.benchmark]
     paths = {data_cfg.benchmark: data_cfg.path} if data_cfg.path else {}
     return {name: load_benchmark(name, paths.get(name), eval_cfg.limit) for name in names}

@@ -8,7 +8,7 @@ independent of the solver's — the situation the harmonic-mean consensus exploi
 
 The model is a tiny Qwen3-architecture transformers model with a word-level tokenizer built on the
 spot; it is pretrained briefly (supervised, both views) to a middling accuracy and cached, so the
-label-free stage starts where consensus beats single samples (shared/probes/ttrl_toy_probe.py).
+label-free stage starts where consensus beats single samples (docs/training.md, "Results").
 """
 
 from __future__ import annotations

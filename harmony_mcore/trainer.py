@@ -1,4 +1,4 @@
-"""The Self-Harmony loop: one SPMD program, every rank runs `train(cfg)` (DESIGN.md, "The shape").
+"""The Self-Harmony loop: one SPMD program, every rank runs `train(cfg)` (docs/design.md, "One SPMD program").
 
     for each step:
         sync      push the policy's weights into the rollout engine (bridge)
@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from harmony_mcore import run_guard
-from harmony_mcore.algo.loss import shaped_advantages
+from harmony_mcore.algo.loss import rows_by_view, view_advantages
 from harmony_mcore.algo.schedules import strategy_at
 from harmony_mcore.config import ConfigError, RunConfig
 from harmony_mcore.data.benchmarks import Problem
@@ -344,7 +344,7 @@ class Trainer:
             rollouts = self.generate(rows, params)
             self.engine.sleep(ro.sleep_level)
 
-        per_view = [[i for i, r in enumerate(rollouts) if r.view == v] for v in range(self.K)]
+        per_view = rows_by_view([r.view for r in rollouts], self.K)
         token_stat = get_reward(cfg.algorithm.reward).token_stat  # a statistic the reward needs from the policy
         tensors, old, ref, values, diffs = [], [], [], [None] * len(rollouts), []
         with timer("logprobs"):
@@ -366,15 +366,13 @@ class Trainer:
 
         with timer("reward"):
             rewards, shaping, reward_metrics = self.rewards(rollouts, values, step)
-            row_of = {row: g for g, row in enumerate(rows)}  # GRPO groups: one per (view, problem)
-            group = torch.tensor([row_of[(r.view, r.problem)] for r in rollouts])
-            adv = shaped_advantages(torch.tensor(rewards), group, torch.tensor(shaping),
-                                    normalize_std=cfg.algorithm.normalize_adv_std)
+            adv = view_advantages([r.view for r in rollouts], [r.problem for r in rollouts], rewards, shaping,
+                                  num_views=self.K, normalize_std=cfg.algorithm.normalize_adv_std)
 
         with timer("update"):
-            views = [ViewBatch(*tensors[v], old_logp=old[v], advantages=adv[idx], ref_logp=ref[v],
+            views = [ViewBatch(*tensors[v], old_logp=old[v], advantages=adv[v], ref_logp=ref[v],
                                policy_gradient=view_has_policy_gradient(v, self.reducer.options))
-                     for v, idx in enumerate(per_view)]
+                     for v in range(self.K)]
             train = self.policy.train_step(views, step, temperature=ro.temperature)
 
         c = cfg.algorithm.consensus

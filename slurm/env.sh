@@ -4,8 +4,8 @@
 # Either activate an environment that has harmony_mcore installed ...
 # source /path/to/venv/bin/activate
 # ... or run every task in a container (pyxis/enroot), e.g. an NGC PyTorch image with our deps:
-# export HARMONY_CONTAINER=/shared/images/harmony_mcore.sqsh
-# export HARMONY_CONTAINER_MOUNTS=/shared:/shared,$HOME/.cache:/root/.cache
+# export HARMONY_CONTAINER=/path/to/images/harmony_mcore.sqsh
+# export HARMONY_CONTAINER_MOUNTS=/path/to/data:/path/to/data,$HOME/.cache:/root/.cache
 export PYTHONPATH="${SLURM_SUBMIT_DIR:-$PWD}${PYTHONPATH:+:$PYTHONPATH}"
 
 # --- Rendezvous --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Answer extraction: hand-worked cases, incl. the reference's examples (self_harmony_reference.md §2.1)."""
+"""Answer extraction: hand-worked cases, incl. examples of the reference's `last_boxed_only_string` (docs/answers.md)."""
 
 import pytest
 
@@ -8,7 +8,7 @@ from harmony_mcore.answers import extract_boxed, extract_choice
 @pytest.mark.parametrize(
     "text, expected",
     [
-        # reference §2.1 examples
+        # the reference's extraction cases
         ("answer \\boxed 5$ done", "5"),
         ("\\boxed{3} then \\boxed 4", "4"),
         ("\\boxed{ 7 }", "7"),  # the reference keeps " 7 "; we strip

@@ -1,5 +1,5 @@
 """The `moderate` equivalence (the reference's reward equivalence) on the reference's own examples
-(self_harmony_reference.md §2.2), and the reference preset's path: exact votes, moderate rewards."""
+(docs/answers.md), and the reference preset's path: exact votes, moderate rewards."""
 
 import pytest
 

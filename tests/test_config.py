@@ -49,7 +49,7 @@ def test_layouts_for_8b():
 
 def test_reference_preset_resolves_to_the_reference_protocol(capsys):
     """`harmony train reference --print-config`, read back: every item of the reference's protocol
-    (self_harmony_reference.md), and its prompts are the shipped data file's, verbatim."""
+    (docs/algorithm.md), and its prompts are the shipped data file's, verbatim."""
     import json
 
     import yaml

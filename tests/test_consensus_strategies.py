@@ -123,17 +123,17 @@ def test_lambda_2_is_harmonic_and_lambda_0_ranks_like_majority_with_equal_view_s
 # ---- hand-worked examples --------------------------------------------------------------------
 
 def test_reference_examples_section_3():
-    # §3.1: O = {5,5,5,7}, A = {7,7,5,9} -> s(5) = 3/16 > s(7) = 2/12 -> label 5. Ids: 5->0, 7->1, 9->2.
+    # The reference's harmonic mean: O = {5,5,5,7}, A = {7,7,5,9} -> s(5) = 3/16 > s(7) = 2/12 -> label 5. Ids: 5->0, 7->1, 9->2.
     vote = get_strategy("harmonic-mean")([[0, 0, 0, 1], [1, 1, 0, 2]])
     assert vote.label == 0 and vote.counts[0] == (3, 1)
     assert math.isclose(vote.scores[0], 2 * (3 / 4) * (1 / 4) / (3 / 4 + 1 / 4))
-    # §3.1: \frac{1}{2} x5 vs 0.5 x5 as exact strings are two classes: no label ...
+    # \frac{1}{2} x5 vs 0.5 x5 as exact strings are two classes: no label ...
     assert get_strategy("harmonic-mean")([[0] * 5, [1] * 5]).label is None
     # ... and one class once they are grouped by equivalence.
     assert get_strategy("harmonic-mean")([[0] * 5, [0] * 5]).label == 0
-    # §3.5's example (4 x10 and 5 vs 4 x5 and 5): mutual-info picks 5; the harmonic mean picks 4.
+    # 4 x10 and 5 vs 4 x5 and 5: the reference's mutual-info strategy picks 5; the harmonic mean picks 4.
     assert get_strategy("harmonic-mean")([[0] * 10 + [1], [0] * 5 + [1]]).label == 0
-    # §3.2 majority over pooled votes; ties -> first seen (= smallest canonical id).
+    # Majority over pooled votes; ties -> first seen (= smallest canonical id).
     assert get_strategy("majority")([[0, 1, 1], [0, 2]]).label == 0
     assert get_strategy("majority")([[1, 2], [2, 1]]).label == 1
 

@@ -185,9 +185,9 @@ def test_vote_on_real_model_outputs(tmp_path, capsys):
     assert f"pseudo-label accuracy {accuracy:.3f}" in summary
     coverage = sum(r["label"] is not None for r in labels.values()) / len(labels)
     assert f"100 problems, 800 responses, coverage {coverage:.3f}" in summary
-    assert accuracy > 0.85  # the file's documented mean@8 is 0.91 and maj@8 0.93
+    assert accuracy > 0.85  # the file's `score` flags give mean@8 0.91; maj@8 is 0.93
 
-    # majority over both views is maj@8, which data/SOURCES.md measured as 0.93 on this file
+    # majority over both views is maj@8: 0.93 on this file (docs/consensus.md)
     assert abs(sum(majority_correct) / len(majority_correct) - 0.93) <= 0.02
 
 

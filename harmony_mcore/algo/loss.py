@@ -41,6 +41,25 @@ def shaped_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, shaping: t
     return grpo_advantages(rewards, group_ids, normalize_std=normalize_std) + shaping.to(torch.float32)
 
 
+def rows_by_view(views: list[int], num_views: int) -> list[list[int]]:
+    """Indices of the rollouts of each view, in rollout order: [view][row]."""
+    return [[i for i, v in enumerate(views) if v == k] for k in range(num_views)]
+
+
+def view_advantages(views: list[int], problems: list[int], rewards: list[float], shaping: list[float], *,
+                    num_views: int, normalize_std: bool = True) -> list[torch.Tensor]:
+    """Shaped GRPO advantages of every rollout, split per view in `rows_by_view` order.
+
+    One group per (view, problem): the solver's and the reframer's samples of a problem are
+    normalised separately, since their reward distributions differ by design.
+    """
+    keys = list(zip(views, problems))
+    group_of = {key: g for g, key in enumerate(dict.fromkeys(keys))}
+    adv = shaped_advantages(torch.tensor(rewards, dtype=torch.float64), torch.tensor([group_of[k] for k in keys]),
+                            torch.tensor(shaping, dtype=torch.float64), normalize_std=normalize_std)
+    return [adv[idx] for idx in rows_by_view(views, num_views)]
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
     """Per-token k3 ("low-var") estimate of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1."""
     log_ratio = torch.clamp(ref_logp - logp, -20.0, 20.0)

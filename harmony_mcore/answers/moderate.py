@@ -1,7 +1,7 @@
 """The `moderate` equivalence: the reference's reward equivalence, as a normal form.
 
 The reference code rewards a response when its answer is "moderately" equivalent to the label
-(self_harmony_reference.md §2.2): equal after Hendrycks normalisation, or numerically equal, or
+(`_ttrl_moderate_equiv` in its self_harmony.py; docs/answers.md): equal after Hendrycks normalisation, or numerically equal, or
 equal after sympy simplification. `moderate_key` gives every answer a key so that these cases
 share one (tests/test_answers_moderate.py):
 - the cheap normal form of `normalize` (`\\frac12` = `\\frac{1}{2}`, `x=3` = `3`, `1,000` = `1000`,

@@ -10,7 +10,7 @@ view. Selection: argmax score among candidates with a positive score; ties -> la
 -> smallest class id. The reducer numbers a problem's classes in a fixed order of their answers
 (consensus/reducer.py, `canonical_classes`), so a label depends on the answers only: never on the
 row order, the number of ranks, or Python's hash order.
-Formulas: shared/ALGORITHM.md, "Consensus strategies".
+Formulas: docs/algorithm.md, "Consensus: the pseudo-label".
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, metavar="ROLLOUTS", help="rollouts JSONL")
     p.add_argument("--strategy", default="harmonic-mean", choices=list(STRATEGIES),
-                   help="consensus strategy (default: harmonic-mean; see docs/consensus.md)")
+                   help="consensus strategy (default: harmonic-mean; see docs/algorithm.md)")
     p.add_argument("--match", default="math", choices=MODES,
                    help="answer equivalence used for voting and rewards (default: math)")
     p.add_argument("--k", type=float, metavar="K", help="power-mean exponent (0 = geometric, -1 = harmonic)")

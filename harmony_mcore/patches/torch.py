@@ -1,7 +1,7 @@
 """Patches of PyTorch.
 
-`cuda_calls_on_cpu()`: megatron-core assumes CUDA in the places below (found by running its
-training step, schedules, DDP and optimizers on CPU under gloo; megatron-core 0.16.1 and 0.19.2).
+`cuda_calls_on_cpu()`: megatron-core assumes CUDA in the places below (docs/design.md, "Running
+megatron-core on CPU"; megatron-core 0.16.1 and 0.19.2).
 It neutralises them, process-wide; `harmony_mcore.parallel.distributed.init_distributed` calls it
 only on a machine without a GPU:
 

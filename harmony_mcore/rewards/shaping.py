@@ -1,7 +1,7 @@
 """Shaping terms: the reframe-view format penalty and the sharpness objective.
 
-Both come from the reference code, which defines them but never applies them
-(shared/reference/self_harmony_reference.md §4.5). A shaping term must never weigh like a
+Both come from the reference code, which defines them but never applies them (docs/algorithm.md,
+"Rewards"). A shaping term must never weigh like a
 correctness flip: the format penalty is added to the normalised advantage (algo/loss.py,
 `shaped_advantages`), where it moves a response's advantage by at most its coefficient; added to
 the reward, GRPO's std normalisation would blow it up to a full-size advantage in any group whose
