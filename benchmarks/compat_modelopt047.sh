@@ -14,4 +14,4 @@ shift || true
   nvidia-modelopt==0.47.0 -e ".[dev]"
 "$VENV/bin/python" -c "import modelopt, transformers, torch; print('modelopt', modelopt.__version__, '| transformers',
 transformers.__version__, '| torch', torch.__version__)"
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_conversion.py -k quantize "$@"
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integration/test_conversion.py -k quantize "$@"

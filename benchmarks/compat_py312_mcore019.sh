@@ -25,5 +25,5 @@ fi
 "$VENV/bin/python" -c "import sys, torch, megatron.core as m; print('python', sys.version.split()[0], '| torch',
 torch.__version__, '| megatron-core', m.__version__, '| cuda available:', torch.cuda.is_available())"
 export PYTHONPATH="$PWD" PYTHONWARNINGS=ignore
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_policy_dist.py tests/test_checkpoint_dist.py \
-  tests/test_policy_packing.py tests/test_families.py tests/test_preflight.py "$@"
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integration/test_policy_dist.py tests/integration/test_checkpoint_dist.py \
+  tests/unit/test_policy_packing.py tests/unit/test_families.py tests/unit/test_preflight.py tests/unit/test_patches.py "$@"

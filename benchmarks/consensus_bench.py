@@ -37,7 +37,7 @@ from harmony_mcore.consensus.strategies import get_strategy
 
 REPO = Path(__file__).resolve().parents[1]
 MATH500 = REPO / "harmony_mcore" / "data" / "files" / "math500_ttrl.json"
-QWEN_OUTPUTS = REPO / "tests" / "data" / "qwen25math_math_cot_100_8samples.jsonl"
+QWEN_OUTPUTS = REPO / "tests" / "support" / "data" / "qwen25math_math_cot_100_8samples.jsonl"
 VIEWS, SAMPLES = 2, 16
 
 PATHOLOGICAL = [

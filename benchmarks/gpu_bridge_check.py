@@ -21,7 +21,7 @@ from harmony_mcore.models.builder import build_chunks
 from harmony_mcore import device
 from harmony_mcore.parallel import init_distributed
 from harmony_mcore.rollout.torch_engine import TorchEngine
-from harmony_mcore.testing import char_tokenizer, tiny_hf_config
+from tests.support.tiny import char_tokenizer, tiny_hf_config
 
 QWEN3_8B = {
     "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 4096,

@@ -3,7 +3,7 @@
 # (and into vLLM with --vllm). Needs a CUDA PyTorch with megatron-core and transformers; ~3-5 min.
 #   bash benchmarks/gpu_bridge_check.sh [--vllm] [--layers 36] [--repeats 3]
 # --vllm needs vLLM 0.32.x (pip install -e ".[gpu]"). Not yet run on a GPU.
-# (--tiny runs a tiny fp32 model, also on CPU: tests/test_gpu_bridge_check_cpu.py, marked slow)
+# (--tiny runs a tiny fp32 model, also on CPU: tests/integration/test_gpu_bridge_check_cpu.py, marked slow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

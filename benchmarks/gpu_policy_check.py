@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "tests", "policy")]  # the package, and the tests' weight loader
+sys.path[:0] = [REPO, os.path.join(REPO, "tests", "integration", "policy")]  # the package, and the tests' weight loader
 
 from harmony_mcore.config import AlgorithmConfig, ParallelConfig  # noqa: E402
 from harmony_mcore.parallel import destroy_distributed, init_distributed  # noqa: E402

@@ -1,4 +1,4 @@
-"""`harmony convert`: HF <-> Megatron-Core checkpoints, logits verification, release quantization.
+"""`harmony convert` (the command line; the converters are harmony_mcore.bridge.hf_to_mcore and mcore_to_hf):
 
     harmony convert hf-to-mcore --hf DIR --out DIR [--tp N --pp M] [--dtype bf16] [--overwrite]
     harmony convert mcore-to-hf --ckpt DIR --out DIR [--hf-config DIR] [--dtype bf16] [--max-shard-size 5GB]

@@ -1,3 +1,5 @@
+"""Shared by every tier: the tier markers, the GPU skip, and `torchrun` for multi-process tests."""
+
 import os
 import subprocess
 import sys
@@ -17,12 +19,17 @@ def _has_cuda() -> bool:
         return False
 
 
+TIERS = ("unit", "integration", "cluster")  # tests/<tier>/: the folder is also the marker
+
+
 def pytest_collection_modifyitems(config, items):
-    if _has_cuda():
-        return
+    cuda = _has_cuda()
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
+        tier = Path(item.fspath).resolve().relative_to(REPO / "tests").parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+        if "gpu" in item.keywords and not cuda:
             item.add_marker(skip)
 
 

@@ -36,7 +36,7 @@ def shaped_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, shaping: t
     A shaping term (the format penalty) then moves an advantage by at most its own size. Added to
     the rewards instead, the std normalisation would turn it into a full-size advantage in a group
     whose correctness is constant: 12 formatted and 4 unformatted responses, all right, would get
-    +0.56 / -1.68, as much as a 12-vs-4 split in correctness (tests/test_rewards.py).
+    +0.56 / -1.68, as much as a 12-vs-4 split in correctness (tests/unit/test_rewards.py).
     """
     return grpo_advantages(rewards, group_ids, normalize_std=normalize_std) + shaping.to(torch.float32)
 

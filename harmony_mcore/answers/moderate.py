@@ -3,7 +3,7 @@
 The reference code rewards a response when its answer is "moderately" equivalent to the label
 (`_ttrl_moderate_equiv` in its self_harmony.py; docs/answers.md): equal after Hendrycks normalisation, or numerically equal, or
 equal after sympy simplification. `moderate_key` gives every answer a key so that these cases
-share one (tests/test_answers_moderate.py):
+share one (tests/unit/test_answers_moderate.py):
 - the cheap normal form of `normalize` (`\\frac12` = `\\frac{1}{2}`, `x=3` = `3`, `1,000` = `1000`,
   `\\dfrac`, `\\left(`, `\\text{B}` = `B`, units, degrees);
 - plain numbers by exact value (`0.5` = `1/2` = `\\frac{1}{2}`);

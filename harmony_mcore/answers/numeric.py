@@ -8,7 +8,7 @@ ambiguous juxtapositions such as `1/2x` or `2\\frac{1}{2}` -- gives None and is 
 math-verify. Two answers whose fingerprints are `far_apart` cannot be equal under
 math-verify (its float tolerance is 6 decimals, ours 1e-4 relative), so the pair is
 decided without a worker. The agreement of these values with math-verify's own parse is
-tested on the benchmark answers (tests/test_answers_numeric.py).
+tested on the benchmark answers (tests/unit/test_answers_numeric.py).
 """
 
 from __future__ import annotations

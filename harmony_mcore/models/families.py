@@ -84,7 +84,7 @@ def transformer_config(hf_config: Any, *, tp: int = 1, pp: int = 1, vpp: int | N
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
         # On gloo, batched p2p between the same two ranks (PP=2: next == prev) pairs messages by order,
-        # which garbled the interleaved (virtual PP) 1F1B schedule in tests/policy; separate ops are exact.
+        # which garbled the interleaved (virtual PP) 1F1B schedule in tests/integration/policy; separate ops are exact.
         batch_p2p_comm=on_gpu,
     )
     if recompute == "full":

@@ -31,6 +31,7 @@ import threading
 import torch
 from torch.overrides import TorchFunctionMode
 
+from harmony_mcore import device
 from harmony_mcore.patches import require
 
 WRITTEN_FOR = {"torch": ">=2.9,<2.14"}
@@ -93,7 +94,7 @@ class _NoStream:
 def cuda_calls_on_cpu() -> None:
     """Apply the neutralisations above (idempotent). Refuses to run when a GPU is present."""
     global _mode
-    if torch.cuda.is_available():
+    if device.on_gpu:
         raise RuntimeError("cuda_calls_on_cpu() is for machines without a GPU; a GPU is visible here")
     if _mode is not None:
         return

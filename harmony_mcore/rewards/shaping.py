@@ -50,7 +50,7 @@ def sharpness_penalty(matches: int, n: int) -> float:
     """min(1, (c - n/2)^2 / (n^2/4)): 0 when half of the n rollouts match the label, 1 at 0 or n.
 
     The reference's helper with its target 4 of 8 rollouts generalised to n. Within one GRPO group
-    it is a constant, so it shifts the rewards but not the advantages (tests/test_rewards.py).
+    it is a constant, so it shifts the rewards but not the advantages (tests/unit/test_rewards.py).
     """
     if n <= 0:
         return 0.0
