@@ -4,7 +4,8 @@ Every numeric field has its interval in its section's RANGES (checked by `check_
 test keeps complete); every section validates the rest itself in `validate()`;
 `RunConfig.validate()` adds the cross-section checks. Validation runs before any process group or
 GPU memory is touched, and every failure names the setting to change. Defaults are the paper's
-hyperparameters (docs/algorithm.md, "Defaults").
+hyperparameters (docs/algorithm.md, "Defaults"). Names are checked against the registries they
+select from (consensus strategies, rewards, equivalence modes), which never import this module.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class ConsensusConfig:
 
     def validate(self) -> None:
         check_ranges(self, "algorithm.consensus.")
+        from harmony_mcore.answers.equivalence import MODES
         from harmony_mcore.consensus.strategies import STRATEGIES
 
         names = ", ".join(STRATEGIES)
@@ -151,8 +153,8 @@ class ConsensusConfig:
                f"consensus.warmup_strategy={self.warmup_strategy!r}: use one of {names}, or null for no warmup")
         for key in ("match", "reward_match"):
             value = getattr(self, key)
-            _check(value in ("math", "normalized", "moderate", "exact") or (key == "reward_match" and value is None),
-                   f"consensus.{key}={value!r}: use math, normalized, moderate or exact")
+            _check(value in MODES or (key == "reward_match" and value is None),
+                   f"consensus.{key}={value!r}: use one of {', '.join(MODES)}")
         _check(not (self.power_k is not None and self.power_lambda is not None),
                "set only one of consensus.power_k and consensus.power_lambda")
         uses_power = "power-mean" in (self.strategy, self.warmup_strategy)
@@ -192,9 +194,10 @@ class AlgorithmConfig:
                         "max_nonfinite_steps": "[1, inf)"}
 
     def validate(self) -> None:
+        from harmony_mcore.rewards import REWARDS
+
         self.consensus.validate()
-        _check(self.reward in ("pseudo-label", "intuitor", "rent", "gt"),
-               f"algorithm.reward={self.reward!r}: use pseudo-label, intuitor, rent or gt")
+        _check(self.reward in REWARDS, f"algorithm.reward={self.reward!r}: use one of {', '.join(REWARDS)}")
         check_ranges(self, "algorithm.")
         _check(self.lr_warmup_init is None or self.lr_warmup_init <= self.lr,
                "algorithm.lr_warmup_init must be in [0, algorithm.lr], or null for lr / warmup_steps")

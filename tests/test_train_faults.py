@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conversion import hf_to_mcore
+from harmony_mcore.bridge import hf_to_mcore
 from harmony_mcore import checkpoint_check
 from harmony_mcore.config import ConfigError
 from harmony_mcore.metrics import report_line, summarise
