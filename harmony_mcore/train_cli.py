@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from harmony_mcore.checkpoint_check import pick
         from harmony_mcore.preflight import preflight
-        from harmony_mcore.run_guard import lock_output_dir
+        from harmony_mcore.run_guard import lock_output_dir, refuse_if_ranks_alive
         from harmony_mcore.trainer import checkpoint_root, resolve_model
 
         nproc = nproc_for(cfg, args.nproc)
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything is written
         lock = lock_output_dir(Path(cfg.output_dir))  # one run per output_dir, until this process ends
         try:
+            refuse_if_ranks_alive(Path(cfg.output_dir))
             _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
             preflight(cfg, nproc, hf_config)
             pick(cfg.checkpoint.resume, checkpoint_root(cfg), log=lambda _: None)  # the ranks tell what they skip

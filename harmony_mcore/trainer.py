@@ -187,8 +187,7 @@ class Trainer:
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):  # preemption, Ctrl-C: finish the step,
             signal.signal(sig, self._on_signal)                        # checkpoint, exit
         run_guard.watch_parent(self._on_launcher_gone)
-        if self.rank == 0 and not os.environ.get(run_guard.LOCK_ENV):  # not launched by `harmony train`
-            self._lock = run_guard.lock_output_dir(self.out)
+        self._locks = run_guard.lock_rank(self.out, self.rank)  # kept for the life of the rank
         self.hf_dir, hf_config = resolve_model(cfg, log=self._log)
         preflight(cfg, launched.world_size, hf_config)  # before any process group exists
         self.engine_kind = engine_kind(cfg.rollout)  # vLLM selected but not installed: say so now
