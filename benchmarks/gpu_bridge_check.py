@@ -73,7 +73,7 @@ def main() -> None:
     cfg = tiny_hf_config("qwen3") if args.tiny else dict(QWEN3_8B, num_hidden_layers=args.layers)
     dtype, torch_dtype = ("fp32", torch.float32) if args.tiny else ("bf16", torch.bfloat16)
     init_distributed(ParallelConfig(tp=1, pp=1), seed=0)
-    on_gpu = torch.cuda.is_available()
+    on_gpu = device.on_gpu
     print(f"device: {torch.cuda.get_device_name() if on_gpu else 'cpu'} | torch {torch.__version__}", flush=True)
 
     t = time.perf_counter()

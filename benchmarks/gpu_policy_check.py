@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path[:0] = [REPO, os.path.join(REPO, "tests", "policy")]  # the package, and the tests' weight loader
 
 from harmony_mcore.config import AlgorithmConfig, ParallelConfig  # noqa: E402
 from harmony_mcore.parallel import destroy_distributed, init_distributed  # noqa: E402
 from harmony_mcore.policy import Policy, ViewBatch  # noqa: E402
+from support import load_hf_weights  # noqa: E402
 
 QWEN3_1P7B = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 2048,
               "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
@@ -73,7 +74,7 @@ def logprob_agreement(policy: Policy, gen: torch.Generator) -> dict:
     cfg = transformers.Qwen3Config(**{k: v for k, v in QWEN3_1P7B.items() if k not in ("architectures", "model_type")})
     with torch.device("cuda"):
         hf = transformers.Qwen3ForCausalLM(cfg).to(torch.bfloat16).eval()
-    policy.load_hf_weights(hf.state_dict())
+    load_hf_weights(policy, hf.state_dict())
     ids, attn, _ = batch(2, SEQ, 512, gen)
     mine, _ = policy.logprobs(ids, attn)
     with torch.no_grad():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from conversion.common import ConversionError
+from harmony_mcore.bridge.files import ConversionError
 from harmony_mcore.dtypes import DTYPES
 
 DTYPE_CHOICES = tuple(DTYPES)
@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "hf-to-mcore":
-            from conversion import hf_to_mcore
+            from harmony_mcore.bridge import hf_to_mcore
             hf_to_mcore.convert(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
                                 overwrite=args.overwrite)
         elif args.command == "mcore-to-hf":
-            from conversion import mcore_to_hf
+            from harmony_mcore.bridge import mcore_to_hf
             mcore_to_hf.convert(args.ckpt, args.out, hf_config=args.hf_config, dtype=args.dtype,
                                 max_shard_size=args.max_shard_size, overwrite=args.overwrite)
         elif args.command == "verify":

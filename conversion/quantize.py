@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from conversion.common import ConversionError, atomic_output, hf_dtype_kwargs, read_hf_config
+from harmony_mcore.bridge.files import ConversionError, atomic_output, hf_dtype_kwargs, read_hf_config
 
 # Default calibration set (--calib-file replaces it): FP8 max calibration needs activation ranges
 # representative of use; a few hundred in-domain prompts are better for a release.

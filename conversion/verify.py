@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from conversion.common import ConversionError, hf_dtype_kwargs, read_hf_config
-from conversion.mcore_to_hf import find_checkpoint, find_hf_config_dir
+from harmony_mcore.bridge.files import ConversionError, hf_dtype_kwargs, read_hf_config
+from harmony_mcore.bridge.mcore_to_hf import find_checkpoint, find_hf_config_dir
 from harmony_mcore.dtypes import torch_dtype
 
 BUILTIN_PROMPTS = (

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from harmony_mcore import checkpoint_check, device
+from harmony_mcore.bridge.dist_ckpt import CheckpointError
 from harmony_mcore.config import ConfigError
 
 # The distributed optimizer's default format ('fully_sharded_model_space') is refused by dist-checkpointing
@@ -40,10 +41,6 @@ from harmony_mcore.config import ConfigError
 _OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
 # Layout keys that must match for a resume: the optimizer state's structure depends on them.
 _MUST_MATCH = {"dtype": "model.dtype", "distributed_optimizer": "parallel.distributed_optimizer"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written; the previous ones are intact."""
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -144,10 +141,10 @@ def load(path: Path, policy, group=None) -> dict[str, Any]:
     """Load checkpoint `path` (a step_* directory) into the policy, its optimizer and this rank's RNG."""
     from megatron.core import dist_checkpointing
 
-    from harmony_mcore import safe_pickle
     from harmony_mcore.bridge.dist_ckpt import load_model_weights
+    from harmony_mcore.patches.torch import restricted_checkpoint_reader
 
-    safe_pickle.guard()  # Megatron's optimizer load below unpickles metadata too
+    restricted_checkpoint_reader()  # Megatron's optimizer load below unpickles metadata too
     if not (path / "state.json").is_file():
         raise ConfigError(f"checkpoint.resume: {path} is not a complete checkpoint (no state.json); "
                           f"use auto, never or a step_* directory")

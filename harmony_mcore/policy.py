@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ from harmony_mcore.algo.schedules import lr_at
 from harmony_mcore.config import AlgorithmConfig, ParallelConfig
 from harmony_mcore.dtypes import torch_dtype
 from harmony_mcore.models import families
-from harmony_mcore.models.builder import build_chunks, global_name, wrap_ddp
+from harmony_mcore.models.builder import build_chunks, wrap_ddp
 from harmony_mcore.parallel.vocab_parallel import vocab_parallel_logprobs
 
 
@@ -94,7 +94,7 @@ class Policy:
 
     `modules` are the plain GPTModel chunks: their `state_dict()`/`named_parameters()` carry Megatron's
     standard names (harmony_mcore.models.families.layer_spec) for the bridge and checkpoints. After
-    writing weights into `modules` yourself, call `sync_reference()`; `load_hf_weights` does it for you.
+    writing weights into `modules` (e.g. bridge.dist_ckpt.load_model_weights), call `sync_reference()`.
     """
 
     def __init__(self, hf_config: Any, parallel: ParallelConfig, algorithm: AlgorithmConfig, *,
@@ -123,22 +123,6 @@ class Policy:
         self.sync_reference()
 
     # ---- weights -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def load_hf_weights(self, tensors: Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor]) -> None:
-        """Load full HF-named tensors (a state dict, or name -> tensor, e.g. a lazy safetensors reader)
-        into this rank's shards through the bridge's mapping table, then reset the reference to them."""
-        from megatron.core import parallel_state as ps
-
-        from harmony_mcore.bridge.mapping import get_mapping
-
-        mapping = get_mapping(self.hf_config)
-        get = tensors.__getitem__ if isinstance(tensors, Mapping) else tensors
-        tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-        for module in self.modules:
-            for name, param in module.named_parameters():
-                param.copy_(hf_weight_shard(mapping, global_name(module, name), get, module.vocab_size, tp, rank))
-        self.sync_reference()
-
     @torch.no_grad()
     def sync_reference(self) -> None:
         """Initial weights were loaded into `modules`: copy them into the frozen reference and, before the
@@ -207,9 +191,9 @@ class Policy:
     # ---- log-probs -----------------------------------------------------------------------------
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
-                 reference: bool = False, with_entropy: bool = False, with_self_certainty: bool = False):
-        """Per-token log-probs [B, T] of the policy or the reference, and [B, T] entropy (`with_entropy`) or
-        self-certainty logsumexp(z) - mean(z) (`with_self_certainty`, Intuitor), else None.
+                 reference: bool = False, stat: str | None = None):
+        """Per-token log-probs [B, T] of the policy or the reference, and the [B, T] statistic `stat` of
+        `harmony_mcore.parallel.vocab_parallel.STATS` (entropy, self-certainty), else None.
 
         The statistic at column t is that of the distribution that produced token t (logits at t-1).
         Available on every rank, in the caller's row order, float32 on CPU.
@@ -218,9 +202,6 @@ class Policy:
 
         if reference and self.reference is None:
             raise ValueError("this Policy was built with reference=False")
-        if with_entropy and with_self_certainty:
-            raise ValueError("ask for one of with_entropy and with_self_certainty per call")
-        stat = "entropy" if with_entropy else "self_certainty" if with_self_certainty else None
         mbs = self._micro_batch_size(input_ids.shape[0])
         packed = _pack(attention_mask, {"ids": input_ids.long()}, {}, rows_multiple=self._rows_multiple(mbs),
                        seq_multiple=self._seq_multiple())
@@ -263,10 +244,10 @@ class Policy:
         (norms) wd_mult 0; `_schedule` applies it."""
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-        from harmony_mcore.parallel import cpu_compat
+        from harmony_mcore.patches.megatron import torch_adam_fallback
 
         a = self.algo
-        cpu_compat.fix_torch_adam_fallback()
+        torch_adam_fallback()
         cfg = OptimizerConfig(optimizer="adam", lr=a.lr, min_lr=0.0, weight_decay=a.weight_decay,
                               adam_beta1=a.betas[0], adam_beta2=a.betas[1], adam_eps=1e-8, clip_grad=a.grad_clip,
                               bf16=dtype == "bf16", fp16=dtype == "fp16", params_dtype=torch_dtype(dtype),
@@ -366,12 +347,3 @@ class Policy:
         out["loss"] = float(metrics[:, 0].sum())
         return out
 
-
-def hf_weight_shard(mapping, mcore_name: str, get: Callable[[str], torch.Tensor], padded_vocab: int,
-                    tp: int, tp_rank: int) -> torch.Tensor:
-    """TP shard `tp_rank` of the Megatron tensor `mcore_name` (global layer numbers) built from HF tensors,
-    with `mapping` = harmony_mcore.bridge.mapping.get_mapping(hf_config)."""
-    if mapping.tied and mcore_name == "output_layer.weight":
-        mcore_name = "embedding.word_embeddings.weight"  # the last PP stage's copy of the tied embedding
-    full = mapping.hf_to_mcore(mcore_name, [get(n) for n in mapping.hf_sources(mcore_name)], padded_vocab)
-    return mapping.tp_split(mcore_name, full, tp)[tp_rank]

@@ -4,20 +4,18 @@ A torch_dist checkpoint's `.metadata` is a pickle, which PyTorch's checkpoint re
 Megatron's `dist_checkpointing.load`) reads with `pickle.load`: a crafted file runs any code it
 likes while "loading". Its byte items (Megatron's ShardedObjects) are read with
 `torch.load(weights_only=False)`, the same hole. Checkpoints are downloaded from hubs, so every
-harmony load path calls `guard()` first, which routes both through restricted readers:
+harmony load path first routes both through restricted readers
+(`harmony_mcore.patches.torch.restricted_checkpoint_reader()`, in this process; saving is untouched):
 
 - `.metadata`: `RestrictedUnpickler`, which builds only the checkpoint-metadata classes listed
   below (plus pickle's own containers and scalars); anything else raises `UnsafeCheckpointError`;
 - byte items: `torch.load(weights_only=True)` (tensors, containers and scalars only).
-
-`guard()` patches PyTorch's reader in this process once; saving is untouched.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
-import threading
 from typing import Any
 
 import torch
@@ -59,35 +57,10 @@ def restricted_load(file: io.BufferedIOBase, **_: Any) -> Any:
     return RestrictedUnpickler(file).load()
 
 
-class _PickleForDCP:
+class PickleForDCP:
     """Stands in for the `pickle` module inside torch.distributed.checkpoint.filesystem."""
 
     load = staticmethod(restricted_load)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(pickle, name)
-
-
-def _load_bytes_weights_only(self, read_item, value: io.BytesIO) -> None:
-    # DefaultLoadPlanner.load_bytes (which Megatron's planner inherits), weights_only=True instead of False
-    from torch.distributed.checkpoint._traverse import set_element
-
-    obj = torch.load(value, weights_only=True)
-    if self.flatten_state_dict:
-        set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-    else:
-        self.state_dict[read_item.dest_index.fqn] = obj
-
-
-_lock = threading.Lock()
-
-
-def guard() -> None:
-    """Make PyTorch's checkpoint reader (also used by Megatron) load only data, in this process. Idempotent."""
-    import torch.distributed.checkpoint.filesystem as fs
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
-    with _lock:
-        if not isinstance(fs.pickle, _PickleForDCP):
-            fs.pickle = _PickleForDCP()
-        DefaultLoadPlanner.load_bytes = _load_bytes_weights_only

@@ -40,11 +40,24 @@ class Job:
         if missing:
             raise SystemExit(f"harmony slurm: {', '.join(missing)} not set: run this inside an sbatch allocation "
                              "(slurm/train.sbatch sets MASTER_ADDR from the first node of the job)")
-        gpus = env.get("HARMONY_GPUS_PER_NODE") or env.get("SLURM_GPUS_ON_NODE")
-        count = int(gpus.split("(")[0]) if gpus else visible_gpus()
-        return cls(env["SLURM_JOB_ID"], int(env["SLURM_NNODES"]), count or None, env["MASTER_ADDR"],
-                   int(env.get("MASTER_PORT", "29500")), env.get("HARMONY_CONTAINER") or None,
+        gpus = "HARMONY_GPUS_PER_NODE" if env.get("HARMONY_GPUS_PER_NODE") else "SLURM_GPUS_ON_NODE"
+        count = _count(env, gpus, 0, 4096) if env.get(gpus) else visible_gpus()
+        return cls(env["SLURM_JOB_ID"], _count(env, "SLURM_NNODES", 1, 1 << 20), count or None, env["MASTER_ADDR"],
+                   _count(env, "MASTER_PORT", 1, 65535, default="29500"), env.get("HARMONY_CONTAINER") or None,
                    env.get("HARMONY_CONTAINER_MOUNTS") or None, env.get("SLURM_SUBMIT_DIR"))
+
+
+def _count(env: Mapping[str, str], key: str, lo: int, hi: int, default: str | None = None) -> int:
+    """An integer setting of the job's environment (Slurm writes counts like `8(x2)`: the first number)."""
+    text = env.get(key) or default or ""
+    try:
+        value = int(text.split("(")[0])
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        raise SystemExit(f"harmony slurm: {key}={text!r} is not an integer in [{lo}, {hi}]: fix it (or unset it) "
+                         "in the job's environment")
+    return value
 
 
 def visible_gpus() -> int:

@@ -55,10 +55,6 @@ def nproc_for(cfg: RunConfig, given: int | None) -> int:
     return max(torch.cuda.device_count(), tp_pp) if device.on_gpu else tp_pp
 
 
-def inside_launcher() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def launch(argv: list[str], nproc: int) -> int:
     """Re-run this command under torchrun (the caller holds the run lock); signals reach the ranks
     (they checkpoint and exit), a second Ctrl-C kills them, and they die with this process."""
@@ -113,18 +109,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(to_yaml(cfg))
             return 0
-        if inside_launcher():
+        from harmony_mcore.parallel.distributed import launch_env
+
+        launched = launch_env()
+        if launched.launched:
             from harmony_mcore.metrics import report_line
             from harmony_mcore.trainer import train
 
             summary = train(cfg)
             line = report_line(summary)
-            if int(os.environ["RANK"]) == 0 and line:
+            if launched.rank == 0 and line:
                 print(f"[harmony] {line}", flush=True)
             return 0
         from harmony_mcore.checkpoint_check import pick
         from harmony_mcore.preflight import preflight
-        from harmony_mcore.run_guard import lock_output_dir
+        from harmony_mcore.run_guard import lock_output_dir, refuse_if_ranks_alive
         from harmony_mcore.trainer import checkpoint_root, resolve_model
 
         nproc = nproc_for(cfg, args.nproc)
@@ -132,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             preflight(cfg, nproc, cfg.model.hf_config)  # a broken layout fails at once, before anything is written
         lock = lock_output_dir(Path(cfg.output_dir))  # one run per output_dir, until this process ends
         try:
+            refuse_if_ranks_alive(Path(cfg.output_dir))
             _, hf_config = resolve_model(cfg)  # builds the toy model once, before any rank starts
             preflight(cfg, nproc, hf_config)
             pick(cfg.checkpoint.resume, checkpoint_root(cfg), log=lambda _: None)  # the ranks tell what they skip

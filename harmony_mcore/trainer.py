@@ -35,9 +35,6 @@ from harmony_mcore.data.benchmarks import Problem
 from harmony_mcore.dtypes import torch_dtype
 
 TOY = "toy-arith"
-# Reward sources that score a response by a per-token statistic of the policy's own distribution:
-# RENT by its entropy (reward = -mean entropy), Intuitor by self-certainty logsumexp(z) - mean(z).
-TOKEN_STATS = {"rent": {"with_entropy": True}, "intuitor": {"with_self_certainty": True}}
 
 
 class NonFiniteError(RuntimeError):
@@ -177,23 +174,22 @@ class Trainer:
         from harmony_mcore.bridge.export import WeightExporter
         from harmony_mcore.consensus.reducer import Reducer
         from harmony_mcore.metrics import RunLogger
-        from harmony_mcore.parallel import init_distributed
+        from harmony_mcore.parallel import init_distributed, launch_env
         from harmony_mcore.policy import Policy
         from harmony_mcore.preflight import preflight
         from harmony_mcore.rollout import create_engine, engine_kind
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir).expanduser()
-        self.rank = int(os.environ.get("RANK", "0"))
+        launched = launch_env()
+        self.rank = launched.rank
         self.stop_requested = False
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):  # preemption, Ctrl-C: finish the step,
             signal.signal(sig, self._on_signal)                        # checkpoint, exit
         run_guard.watch_parent(self._on_launcher_gone)
-        if self.rank == 0 and not os.environ.get(run_guard.LOCK_ENV):  # not launched by `harmony train`
-            self._lock = run_guard.lock_output_dir(self.out)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self._locks = run_guard.lock_rank(self.out, self.rank)  # kept for the life of the rank
         self.hf_dir, hf_config = resolve_model(cfg, log=self._log)
-        preflight(cfg, world, hf_config)  # before any process group exists
+        preflight(cfg, launched.world_size, hf_config)  # before any process group exists
         self.engine_kind = engine_kind(cfg.rollout)  # vLLM selected but not installed: say so now
         init_distributed(cfg.parallel, seed=cfg.seed)
         self.world = dist.get_world_size()
@@ -252,7 +248,7 @@ class Trainer:
         if src is None or not is_dist_checkpoint(src):
             src = self.out / "initial_mcore"  # keeps the HF config + tokenizer in hf/ (for mcore-to-hf)
             if self.rank == 0 and not is_dist_checkpoint(src):
-                from conversion.hf_to_mcore import convert
+                from harmony_mcore.bridge.hf_to_mcore import convert
 
                 convert(self.hf_dir, src, overwrite=True, log=self._log)
         dist.barrier(group=self.gloo)
@@ -332,7 +328,7 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, Any]:
         from harmony_mcore.policy import ViewBatch
-        from harmony_mcore.rewards import view_has_policy_gradient
+        from harmony_mcore.rewards import get_reward, view_has_policy_gradient
         from harmony_mcore.rollout import SamplingParams
 
         cfg, ro, timer = self.cfg, self.cfg.rollout, self.log.timer()
@@ -348,12 +344,13 @@ class Trainer:
             self.engine.sleep(ro.sleep_level)
 
         per_view = rows_by_view([r.view for r in rollouts], self.K)
+        token_stat = get_reward(cfg.algorithm.reward).token_stat  # a statistic the reward needs from the policy
         tensors, old, ref, values, diffs = [], [], [], [None] * len(rollouts), []
         with timer("logprobs"):
             for idx in per_view:
                 ids, attn, resp, P = self.view_tensors([rollouts[i] for i in idx])
-                logp, stat = self.policy.logprobs(ids, attn, temperature=ro.temperature, **TOKEN_STATS.get(
-                    cfg.algorithm.reward, {}))
+                logp, stat = self.policy.logprobs(ids, attn, temperature=ro.temperature,
+                                                  stat=token_stat.name if token_stat else None)
                 tensors.append((ids, attn, resp))
                 old.append(logp)
                 ref.append(self.policy.logprobs(ids, attn, temperature=ro.temperature, reference=True)[0]
@@ -364,7 +361,7 @@ class Trainer:
                         diffs.append((logp[row, P:P + n] - torch.tensor(rollouts[i].logprobs)).abs().max().item())
                     if stat is not None:  # the response's mean token statistic, signed as the reward wants
                         mean = float((stat[row] * resp[row]).sum() / resp[row].sum().clamp(min=1))
-                        values[i] = -mean if cfg.algorithm.reward == "rent" else mean
+                        values[i] = token_stat.sign * mean
 
         with timer("reward"):
             rewards, shaping, reward_metrics = self.rewards(rollouts, values, step)
@@ -442,7 +439,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         from harmony_mcore import checkpoint
 
-        from conversion.common import copy_side_files
+        from harmony_mcore.bridge.files import copy_side_files
 
         cfg = self.cfg
         ckpt_dir = checkpoint_root(cfg)

@@ -1,5 +1,14 @@
 # Environment for harmony_mcore jobs, sourced by slurm/*.sbatch. Edit for your cluster.
 
+# --- Errors ------------------------------------------------------------------------------------
+# `set -e` alone ends a job silently: every failing command of the job script says what failed.
+_harmony_failed() {
+  local why=""
+  if (( $1 > 128 )); then why=" (killed by SIG$(kill -l $(($1 - 128))))"; fi
+  echo "[harmony] $3: \`$2\` failed with exit $1$why" >&2
+}
+trap '_harmony_failed $? "$BASH_COMMAND" "${BASH_SOURCE[0]##*/} line $LINENO"' ERR
+
 # --- Python / container ------------------------------------------------------------------------
 # Either activate an environment that has harmony_mcore installed ...
 # source /path/to/venv/bin/activate
@@ -14,9 +23,17 @@ export PYTHONPATH="${SLURM_SUBMIT_DIR:-$PWD}${PYTHONPATH:+:$PYTHONPATH}"
 # Set MASTER_ADDR (e.g. the node's name on the fast network) to use another interface, and
 # MASTER_PORT (default 29500) if several jobs share a node.
 if [ -z "${MASTER_ADDR:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then
-  _first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
-  MASTER_ADDR=$(scontrol show node "$_first" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2 || true)
+  # Whole outputs, no `| head`: under pipefail a reader that stops early kills the job by SIGPIPE.
+  if ! _nodes=$(scontrol show hostnames "$SLURM_JOB_NODELIST") || [ -z "$_nodes" ]; then
+    echo "[harmony] slurm/env.sh: 'scontrol show hostnames $SLURM_JOB_NODELIST' gave no node: cannot find" \
+         "the job's first node for the rendezvous (set MASTER_ADDR to it)" >&2
+    return 1
+  fi
+  _first=${_nodes%%$'\n'*}
+  _node=$(scontrol show node "$_first" 2>/dev/null) || _node=""  # unknown: the node's name will do
+  if [[ $_node =~ NodeAddr=([^[:space:]]+) ]]; then MASTER_ADDR=${BASH_REMATCH[1]}; fi
   export MASTER_ADDR=${MASTER_ADDR:-$_first}
+  unset _nodes _first _node
 fi
 
 # --- NCCL --------------------------------------------------------------------------------------

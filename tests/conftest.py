@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 
-import harmony_mcore  # noqa: F401  (before any transformers import: see harmony_mcore.compat)
-
 REPO = Path(__file__).resolve().parents[1]
 
 

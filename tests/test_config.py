@@ -1,5 +1,6 @@
 """Config composition: every file in configs/ composes over the typed schema and validates."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,75 @@ def test_typos_non_finite_numbers_and_yaml_errors_are_config_errors(tmp_path):
         load_config(str(bad))
     assert "\n" not in str(e.value)
     assert load_config("cpu", ["+model.hf_config.rope_scaling=null"]).model.hf_config["rope_scaling"] is None
+
+
+@pytest.mark.parametrize("override, setting", [
+    ("rollout.max_response_tokens=0", "rollout.max_response_tokens must be in [1, "),
+    ("rollout.max_prompt_tokens=-1", "rollout.max_prompt_tokens must be in [1, "),
+    ("algorithm.grad_clip=-1", "algorithm.grad_clip must be >= 0"),
+    ("algorithm.weight_decay=-5", "algorithm.weight_decay must be >= 0"),
+    ("algorithm.betas=[2,3]", "algorithm.betas must be in [0, 1)"),
+    ("algorithm.betas=[0.9,-0.1]", "algorithm.betas must be in [0, 1)"),
+    ("algorithm.warmup_ratio=7", "algorithm.warmup_ratio must be in [0, 1]"),
+    ("eval.limit=-3", "eval.limit must be >= 1"),
+    ("algorithm.consensus.workers=0", "algorithm.consensus.workers must be in [1, 256]"),
+    ("toy.pretrain_batch=0", "toy.pretrain_batch must be in [1, 65536]"),
+    ("toy.pretrain_lr=-1", "toy.pretrain_lr must be > 0"),
+    ("parallel.dp=-2", "parallel.dp must be in [1, "),
+    ("data.num_views=1000000", "data.num_views must be in [1, 16]"),
+    ("algorithm.clip_high=-0.1", "algorithm.clip_high must be >= 0"),
+    ("algorithm.kl_clamp=0", "algorithm.kl_clamp must be > 0"),
+    ("rollout.top_p=1.5", "rollout.top_p must be in (0, 1]"),
+    ("seed=-1", "seed must be in [0, "),
+    ("name=", "name='': give the run a name"),
+    ("name=..", "name='..'"),
+    ("name=a/b", "without '/'"),
+])
+def test_out_of_range_values_name_the_setting_and_its_range(override, setting):
+    with pytest.raises(ConfigError) as e:
+        load_config("cpu", [override])
+    assert setting in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_every_numeric_field_declares_its_range():
+    import typing
+
+    from harmony_mcore import config
+
+    def sections(cls):
+        yield cls
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(hint):
+                yield from sections(hint)
+
+    missing = []
+    for cls in sections(config.RunConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            args = typing.get_args(hints[f.name]) or (hints[f.name],)
+            numeric = {int, float} & set(args) or any(typing.get_args(a) and {int, float} & set(typing.get_args(a))
+                                                      for a in args)
+            if numeric and f.name not in cls.RANGES:
+                missing.append(f"{cls.__name__}.{f.name}")
+            if f.name in cls.RANGES:
+                config._interval(cls.RANGES[f.name])  # parses
+        assert set(cls.RANGES) <= {f.name for f in dataclasses.fields(cls)}, cls
+        config.check_ranges(cls(), "")  # the defaults lie in them
+    assert not missing, missing
+
+
+def test_yaml_alias_bomb_and_self_reference_are_refused(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["defaults:\n  - cpu\n  - _self_\n", 'toy: {cache_dir: x}\nl0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]\n']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)]  # 9^9 values
+    bomb.write_text("".join(lines))
+    with pytest.raises(ConfigError, match="expands to more than 1,000,000 values"):
+        load_config(str(bomb))
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("defaults:\n  - cpu\n  - _self_\nseed: &s\n  - *s\n")
+    with pytest.raises(ConfigError, match="alias refers to its own anchor"):
+        load_config(str(loop))
+    fine = tmp_path / "fine.yaml"  # aliases as such are fine
+    fine.write_text("defaults:\n  - cpu\n  - _self_\nseed: &s 5\ndata: {seed: *s}\n")
+    assert load_config(str(fine)).data.seed == 5

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conversion import hf_to_mcore, mcore_to_hf
+from harmony_mcore.bridge import hf_to_mcore, mcore_to_hf
 from conversion.cli import main as convert_main
-from conversion.common import ConversionError
+from harmony_mcore.bridge.files import ConversionError
 from harmony_mcore.bridge.dist_ckpt import CheckpointError
 from harmony_mcore.bridge.mapping import MappingError
 from harmony_mcore.config import ConfigError
@@ -195,7 +195,7 @@ def test_overwrite_never_deletes_inputs_or_foreign_folders(tiny, tmp_path, capsy
 
 
 def test_sigterm_during_conversion_leaves_no_temporary_folder(tiny, tmp_path):
-    script = (f"import os, signal\nfrom conversion import hf_to_mcore\n"
+    script = (f"import os, signal\nfrom harmony_mcore.bridge import hf_to_mcore\n"
               f"orig = hf_to_mcore.SafetensorsReader.get\n"
               f"def get(self, *a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return orig(self, *a, **k)\n"
               f"hf_to_mcore.SafetensorsReader.get = get\n"

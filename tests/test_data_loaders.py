@@ -163,6 +163,40 @@ def test_missing_and_bad_inputs_name_the_fix(tmp_path):
         load_benchmark("file", nocols)
 
 
+def _corrupt_parquet(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"question": ["1+1?"], "answer": ["2"]}), path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data[:-12]))  # damaged and cut short: the footer is gone
+
+
+@pytest.mark.parametrize("name, write, said", [
+    ("a.parquet", _corrupt_parquet, "cannot read (Arrow"),
+    ("a.csv", lambda p: p.write_text("question,answer\n" + "x" * 200_000 + ",2\n"), "not a readable CSV file"),
+    ("a.jsonl", lambda p: p.write_text("[" * 100_000 + "\n"), "a.jsonl line 1: JSON nested too deeply"),
+    ("a.jsonl", lambda p: p.write_text('{"question": "q", "answer": NaN}\n'), "NaN is not a JSON number"),
+    ("a.jsonl", lambda p: p.write_text('{"question": "q", "answer": "1", "answer": "2"}\n'), "given twice"),
+    ("a.json", lambda p: p.write_text('[{"question": "q", "answer": 1e999}]'), "overflows to infinity"),
+    ("a.jsonl", lambda p: p.write_text('{"question": ["1+1?", "2+2?"], "answer": "2"}\n'), "must be non-empty text"),
+    ("a.jsonl", lambda p: p.write_text('{"question": "1+1?", "answer": ["2"]}\n'), "is not text or a finite number"),
+    ("a.jsonl", lambda p: p.write_text('[1, 2]\n'), "row 0 is a list"),
+])
+def test_damaged_or_hostile_data_files_are_one_line_errors(tmp_path, name, write, said):
+    write(tmp_path / name)
+    with pytest.raises(DataError) as e:
+        load_benchmark("file", tmp_path / name)
+    assert said in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_shipped_loader_on_a_foreign_file_names_the_missing_column(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"question": "q", "answer": "1"}\n')
+    with pytest.raises(DataError, match="a row has no 'prompt' column"):
+        load_benchmark("math500", tmp_path / "a.jsonl")
+
+
 def test_user_file_with_static_reframes(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text("\n".join(json.dumps({"id": f"p{i}", "problem": f"{i}+1?", "answer": str(i + 1),

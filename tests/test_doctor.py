@@ -49,7 +49,7 @@ def test_a_supported_gpu_node_is_ok():
     ({"hydra-core": "1.4.0.dev1"}, "hydra-core is unsupported"),
     ({"vllm": None}, "vllm is missing (-; supported >=0.32,<0.33), needed by rollout.engine=auto on a GPU"),
     ({"vllm": "0.11.0"}, "vllm is unsupported (0.11.0; supported >=0.32,<0.33)"),
-    ({"torch": "2.5.1"}, "torch is unsupported (2.5.1; supported >=2.6)"),
+    ({"torch": "2.5.1"}, "torch is unsupported (2.5.1; supported >=2.9,<2.14)"),
 ])
 def test_missing_or_unsupported_needed_packages_fail_with_the_fix(change, message):
     report = doctor.diagnose(GOOD | change, H100X8)
@@ -137,7 +137,22 @@ def test_pyproject_bounds_follow_the_matrix():
             elif spec.operator == "==":
                 assert doctor.in_range(spec.version, comp), (req, comp)
             checked += 1
+        # and every bound of the matrix is in pyproject (dependencies; extras may narrow it)
+        if req not in extras:
+            ops = {spec.operator for spec in req.specifier}
+            assert (comp.minimum is None or ">=" in ops) and (comp.below is None or "<" in ops), (req, comp)
     assert checked >= 10
+
+
+def test_cuda_builds_of_torch_companions_beside_a_cpu_torch_are_a_problem():
+    extras = {"torchvision": "0.28.0", "torchaudio": "2.11.1"}
+    (problem,) = doctor.diagnose(GOOD | {"torch": "2.13.0+cpu"}, doctor.GpuInfo(), load_config("cpu"),
+                                 extras=extras)["problems"]
+    assert "torchaudio, torchvision beside torch 2.13.0+cpu" in problem and "pip uninstall -y torchaudio torchvision" \
+        in problem
+    assert doctor.diagnose(GOOD | {"torch": "2.13.0+cpu"}, doctor.GpuInfo(), load_config("cpu"),
+                           extras={"torchvision": "0.28.0+cpu"})["ok"]
+    assert doctor.diagnose(GOOD, H100X8, extras=extras)["ok"]  # beside the CUDA torch they load
 
 
 def test_exit_status_and_fix_when_a_core_package_is_missing(monkeypatch, capsys):

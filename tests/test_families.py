@@ -73,11 +73,13 @@ def test_layer_spec_local_without_te():
     assert families.layer_spec(LLAMA32, use_te=False).submodules.self_attention.submodules.q_layernorm is IdentityOp
 
 
-def test_launch_env_torchrun_slurm_and_errors():
+def test_launch_env_torchrun_and_errors():
     le = launch_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
-    assert (le.rank, le.world_size, le.local_rank, le.master_addr, le.master_port) == (3, 8, 1, "n1", 1234)
-    le = launch_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5", "MASTER_ADDR": "n0"})
-    assert (le.rank, le.world_size, le.local_rank, le.master_addr, le.master_port) == (5, 16, 5, "n0", 29500)
+    assert (le.launched, le.rank, le.world_size, le.local_rank, le.master_addr, le.master_port) == \
+        (True, 3, 8, 1, "n1", 1234)
+    assert launch_env({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "n0"}).master_port == 29500
     with pytest.raises(ConfigError, match="MASTER_ADDR is not set"):
-        launch_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
-    assert launch_env({}).world_size == 1
+        launch_env({"RANK": "0", "WORLD_SIZE": "2"})
+    # Slurm's own variables do not make a rank: srun starts torchrun, which sets RANK/WORLD_SIZE
+    bare = launch_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16"})
+    assert (bare.launched, bare.rank, bare.world_size) == (False, 0, 1)

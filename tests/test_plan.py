@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harmony_mcore import plan
+from harmony_mcore import plan, plan_cli
 from harmony_mcore.models import families
 from harmony_mcore.config import ConfigError, load_config, presets
 
@@ -211,13 +211,13 @@ def test_bad_inputs_name_the_fix():
 
 
 def test_cli_json_and_errors(capsys):
-    assert plan.main(["qwen3-32b-math500-8node", "--json"]) == 0
+    assert plan_cli.main(["qwen3-32b-math500-8node", "--json"]) == 0
     p = json.loads(capsys.readouterr().out)
     assert p["layout"]["gpus"] == 64 and p["model"]["arch"] == "Qwen3ForCausalLM" and len(p["stages"]) == 2
-    assert plan.main(["qwen3-8b-math500", "parallel.micro_batch_size=8"]) == 0  # the rich table
+    assert plan_cli.main(["qwen3-8b-math500", "parallel.micro_batch_size=8"]) == 0  # the rich table
     out = capsys.readouterr().out
     assert "peak: train" in out and "smallest layout that fits" in out
-    assert plan.main(["qwen3-8b-math500", "parallel.tp=3"]) == 2
+    assert plan_cli.main(["qwen3-8b-math500", "parallel.tp=3"]) == 2
     assert "not a multiple of parallel.tp" in capsys.readouterr().err
 
 

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,8 +7,8 @@ from harmony_mcore.algo.loss import grpo_advantages, shaped_advantages
 from harmony_mcore.config import AlgorithmConfig, ConfigError
 from harmony_mcore.consensus.strategies import get_strategy
 from harmony_mcore.rewards import (
-    REWARDS, ProblemRollouts, RewardOptions, format_score, get_reward, problem_rewards, problem_shaping, response_mean,
-    sharpness_penalty, soft_rank_rewards, token_entropy, view_has_policy_gradient,
+    REWARDS, ProblemRollouts, RewardOptions, format_score, get_reward, problem_rewards, problem_shaping,
+    sharpness_penalty, soft_rank_rewards, view_has_policy_gradient,
 )
 
 relaxed = settings(deadline=None)  # no per-example deadline: a shared CI machine's timing varies
@@ -162,23 +160,20 @@ def test_gt_and_value_sources():
     assert problem_rewards(p, vote, get_reward("intuitor"), RewardOptions()) == [[0.5, -2.0]]
     with pytest.raises(ValueError, match="ground truth"):
         problem_rewards(ProblemRollouts(classes=[[0]]), vote, get_reward("gt"), RewardOptions())
-    with pytest.raises(ValueError, match="token_fn"):
+    with pytest.raises(ValueError, match="token_stat"):
         problem_rewards(ProblemRollouts(classes=[[0]], values=[[None]]), vote, get_reward("rent"), RewardOptions())
 
 
-def test_token_signals_against_torch_distributions():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 5, 11) * 3
-    V = logits.shape[-1]
-    uniform = torch.distributions.Categorical(probs=torch.full_like(logits, 1 / V))
-    policy = torch.distributions.Categorical(logits=logits)
-    kl_u_p = torch.distributions.kl_divergence(uniform, policy)
-    assert torch.allclose(REWARDS["intuitor"].token_fn(logits), kl_u_p + math.log(V), atol=1e-5)
-    assert torch.allclose(token_entropy(logits), policy.entropy(), atol=1e-5)
-    assert torch.allclose(REWARDS["rent"].token_fn(logits), -policy.entropy(), atol=1e-5)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
-    vals = torch.randn(3, 5)
-    assert torch.allclose(response_mean(vals, mask), torch.stack([vals[0, :3].mean(), vals[1, 0], torch.tensor(0.0)]))
+def test_token_stat_rewards_name_statistics_the_policy_computes():
+    """The policy computes these statistics vocab-parallel (checked against transformers in tests/policy);
+    the registry says which one a reward uses and its sign: RENT rewards low entropy, Intuitor high
+    self-certainty."""
+    from harmony_mcore.parallel.vocab_parallel import STATS
+
+    stats = {name: source.token_stat for name, source in REWARDS.items() if source.token_stat}
+    assert all(s.name in STATS for s in stats.values())
+    assert {n: (s.name, s.sign) for n, s in stats.items()} == {"rent": ("entropy", -1.0),
+                                                               "intuitor": ("self_certainty", 1.0)}
 
 
 def test_registry_matches_config_and_errors():

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conversion import hf_to_mcore
+from harmony_mcore.bridge import hf_to_mcore
 from conversion.cli import main as convert_main
 from harmony_mcore import safe_pickle
+from harmony_mcore.patches.torch import restricted_checkpoint_reader
 from tests.conversion_models import save_hf_model
 
 
@@ -69,7 +70,7 @@ def test_torch_and_megatron_readers_are_guarded(evil):
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     ckpt, marker = evil
-    safe_pickle.guard()
+    restricted_checkpoint_reader()
     for reader in (FileSystemReader(str(ckpt)), _get_filesystem_reader(ckpt)):
         with pytest.raises(safe_pickle.UnsafeCheckpointError):
             reader.read_metadata()

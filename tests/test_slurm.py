@@ -44,6 +44,50 @@ def test_main_reports_missing_slurm_env(capsys):
     assert main(["bogus"], env={}) == 2
 
 
+@pytest.mark.parametrize("key, value", [("SLURM_NNODES", "two"), ("SLURM_NNODES", "0"),
+                                        ("HARMONY_GPUS_PER_NODE", "8x"), ("SLURM_GPUS_ON_NODE", "-1"),
+                                        ("MASTER_PORT", "99999")])
+def test_main_reports_a_malformed_count(key, value):
+    env = {"SLURM_JOB_ID": "1", "SLURM_NNODES": "1", "MASTER_ADDR": "n1", "SLURM_GPUS_ON_NODE": "8", key: value}
+    with pytest.raises(SystemExit, match=f"harmony slurm: {key}='{value}' is not an integer in"):
+        main(["train", "cpu"], env=env)
+
+
+def _dry_run(tmp_path, scontrol: str, **env) -> subprocess.CompletedProcess:
+    """slurm/train.sbatch as sbatch would run it (dry run), with `scontrol` replaced by a script."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "scontrol").write_text("#!/bin/bash\n" + scontrol)
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "1",
+           "SLURM_JOB_NODELIST": "node[00001-20000]", "SLURM_GPUS_ON_NODE": "8", "SLURM_SUBMIT_DIR": str(REPO),
+           "HARMONY_DRY_RUN": "1", **env}
+    if "MASTER_ADDR" not in env or not env["MASTER_ADDR"]:
+        env.pop("MASTER_ADDR", None)
+    return subprocess.run(["bash", str(REPO / "slurm" / "train.sbatch"), "cpu"], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_sbatch_with_a_long_node_list(tmp_path):
+    # 20,000 names: a `| head -n1` reader would end scontrol by SIGPIPE and pipefail the job (exit 141)
+    proc = _dry_run(tmp_path, 'if [ "$2" = hostnames ]; then seq -f "node%05g" 1 20000; exit; fi\n'
+                              'echo "NodeName=$3 Arch=x86_64 NodeAddr=10.1.2.3 NodeHostName=$3"\n', MASTER_ADDR="")
+    assert proc.returncode == 0, proc.stderr
+    assert "--rdzv_endpoint=10.1.2.3:29500" in proc.stdout
+
+
+@pytest.mark.parametrize("scontrol, env, said", [
+    ('echo "slurm_load_node: Unable to contact slurm controller" >&2; exit 1\n', {"MASTER_ADDR": ""},
+     ["'scontrol show hostnames node[00001-20000]' gave no node"]),
+    ("exit 0\n", {"MASTER_ADDR": "n1", "SLURM_NNODES": "two"},  # and the script names its failing command
+     ["harmony slurm: SLURM_NNODES='two' is not an integer", "train.sbatch line"]),
+])
+def test_sbatch_failures_say_what_failed(tmp_path, scontrol, env, said):
+    proc = _dry_run(tmp_path, scontrol, **env)
+    assert proc.returncode != 0 and all(s in proc.stderr for s in said), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("nodes", [1, 4])
 def test_sbatch_script_builds_the_line(tmp_path, nodes):
     """Run slurm/train.sbatch as sbatch would (dry run), with scontrol stubbed."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,7 +52,11 @@ def work(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("jobs")
     (root / "bin").mkdir()
-    (root / "bin" / "python").symlink_to(sys.executable)
+    # A script, not a symlink: a venv's interpreter reached through a link outside the venv does not
+    # find its pyvenv.cfg and runs as the bare system Python, without our dependencies.
+    (root / "bin" / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (root / "bin" / "python").chmod(0o755)
+    subprocess.run([str(root / "bin" / "python"), "-c", "import hydra, megatron.core"], check=True)  # the jobs' python
     env = {"PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
     model_dir, _ = resolve_model(load_config(ARGS[0], ARGS[1:]), log=lambda _: None)  # the shared cache

@@ -15,10 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conversion import hf_to_mcore
+from harmony_mcore.bridge import hf_to_mcore
 from harmony_mcore import checkpoint_check
 from harmony_mcore.config import ConfigError
 from harmony_mcore.metrics import report_line, summarise
+from harmony_mcore import run_guard
 from harmony_mcore.run_guard import lock_output_dir
 from tests.conversion_models import save_hf_model
 
@@ -84,6 +85,55 @@ def test_lock_refuses_a_second_holder(tmp_path):
     os.close(lock_output_dir(tmp_path / "run"))  # released with its holder
 
 
+def _hold_rank_lock(out: Path) -> subprocess.Popen:
+    """A stand-in for a rank whose launcher is gone: it holds the rank lock until killed."""
+    code = ("import sys, time; from harmony_mcore import run_guard; "
+            "run_guard.lock_rank(sys.argv[1], 1); print('held', flush=True); time.sleep(600)")
+    env = {k: v for k, v in os.environ.items() if k != run_guard.LOCK_ENV}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], env={**env, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_launcher_refuses_while_ranks_of_an_earlier_run_live(tmp_path):
+    out = tmp_path / "run"
+    rank = _hold_rank_lock(out)
+    try:
+        fd = lock_output_dir(out)  # the run lock itself is free: its launcher is gone
+        try:
+            with pytest.raises(ConfigError, match=f"ranks of an earlier run \\(pids {rank.pid}\\) are still running"):
+                run_guard.refuse_if_ranks_alive(out)
+        finally:
+            os.close(fd)
+    finally:
+        rank.kill()
+        rank.wait()
+    fd = lock_output_dir(out)
+    run_guard.refuse_if_ranks_alive(out)  # gone with its holder
+    os.close(fd)
+
+
+def test_a_rank_starts_only_while_its_launcher_holds_the_run_lock(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv(run_guard.LOCK_ENV, str(os.getpid()))
+    with pytest.raises(ConfigError, match="no longer holds the run lock \\(free\\): this rank does not start"):
+        run_guard.lock_rank(out, 0)
+    launcher = lock_output_dir(out)  # this process plays the launcher
+    try:
+        fds = run_guard.lock_rank(out, 0)
+        assert len(fds) == 1  # its rank 0 does not take the run lock again
+        with pytest.raises(ConfigError, match="ranks of an earlier run"):  # what a new launcher would see
+            run_guard.refuse_if_ranks_alive(out)
+        for fd in fds:
+            os.close(fd)
+        monkeypatch.setenv(run_guard.LOCK_ENV, "1")  # a rank of another launcher: the lock names ours
+        with pytest.raises(ConfigError, match=f"held by pid {os.getpid()}"):
+            run_guard.lock_rank(out, 1)
+    finally:
+        os.close(launcher)
+
+
 def test_summary_after_a_stop_does_not_call_before_after():
     key = "eval/toy/math/avg@2"
     history = [{"step": 0, key: 0.25}, {"step": 1}, {"step": 2}]
@@ -135,14 +185,29 @@ def test_lock_ctrl_c_and_kill_minus_nine_of_the_launcher(tmp_path):
     stopped = int(log.split("stopped at step ")[1].split(":")[0])
     assert (out / "checkpoints" / f"step_{stopped:07d}" / "state.json").is_file()
     assert "no evaluation since" in log and "-> after" not in log
-    # kill -9 of the launcher: torchrun and the ranks go too (resumed run, so some are mid-step)
+    # kill -9 of the launcher's process group (a terminal, a job manager without cgroups): torchrun dies
+    # with it, the ranks finish their step, checkpoint and exit. While they live, a rerun refuses: they
+    # are frozen here so that "while they live" lasts as long as the rerun needs to start.
     proc = _start(out, cache)
     _wait_for_step(out, proc, stopped + 1)
     tree = psutil.Process(proc.pid).children(recursive=True)
-    assert len(tree) >= 3  # torchrun + 2 ranks
-    os.kill(proc.pid, signal.SIGKILL)
+    ranks = [p for p in tree if "harmony_mcore.train_cli" in " ".join(p.cmdline())
+             and "torch.distributed.run" not in " ".join(p.cmdline())]
+    assert len(tree) >= 3 and len(ranks) == 2, [p.cmdline() for p in tree]  # torchrun + 2 ranks
+    for p in ranks:
+        p.suspend()
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    gone, alive = psutil.wait_procs(tree, timeout=90)
+    rerun = subprocess.run([sys.executable, "-m", "harmony_mcore.cli", "train", *ARGS, f"output_dir={out}"],
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    pids = " ".join(str(p.pid) for p in sorted(ranks, key=lambda p: p.pid))
+    assert rerun.returncode == 2 and f"ranks of an earlier run (pids {pids}) are still running" in rerun.stderr, \
+        rerun.stderr
+    for p in ranks:
+        p.resume()
+    gone, alive = psutil.wait_procs(tree, timeout=150)
     for p in alive:
         p.kill()
     assert not alive, [p.cmdline() for p in alive]
+    last = max(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+    assert last > stopped  # the orphaned ranks checkpointed before exiting

@@ -92,6 +92,11 @@ def test_vote_strategies_and_parameters(tmp_path, capsys):
     ('{"problem_id": [1], "view": 0, "answer": "1"}', "line 3: problem_id must be"),
     ('{"problem_id": 1, "view": 0, "response": 5}', "line 3: response must be a string"),
     ('{"problem_id": "b", "view": 0, "answer": "1", "ground_truth": "7"}', "different ground_truth"),
+    # non-standard JSON Python would read: NaN/inf answers could win a vote, a repeated key keeps the last
+    ('{"problem_id": 1, "view": 0, "answer": NaN}', "line 3: not valid JSON (NaN is not a JSON number"),
+    ('{"problem_id": 1, "view": 0, "answer": -Infinity}', "line 3: not valid JSON (-Infinity is not"),
+    ('{"problem_id": 1, "view": 0, "answer": 1e999}', "line 3: not valid JSON (1e999 overflows"),
+    ('{"problem_id": 1, "view": 0, "answer": "1", "answer": "2"}', "line 3: not valid JSON (key 'answer' is given"),
 ])
 def test_malformed_rows_name_the_line_and_write_nothing(tmp_path, capsys, bad, msg):
     inp = _write(tmp_path / "r.jsonl", SYNTH[:1] + [""] + [bad] + SYNTH[1:])

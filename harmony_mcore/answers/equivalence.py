@@ -46,7 +46,8 @@ from multiprocessing.connection import wait
 
 from harmony_mcore.answers import _mv_worker as W
 from harmony_mcore.answers.moderate import moderate_key
-from harmony_mcore.answers.numeric import distinct, fingerprint
+from harmony_mcore.answers.numeric import (DEC_FORM, FRAC_FORM, INT_FORM, MAX_NUMBER_DIGITS, distinct, fingerprint,
+                                           number_value)
 
 MODES = ("math", "normalized", "moderate", "exact")
 
@@ -67,10 +68,6 @@ _FRAC_SHORT = re.compile(r"\\frac(\d|\{[^{}]*\})(\d|\{[^{}]*\})")
 _SQRT_SHORT = re.compile(r"\\sqrt(\d+|[A-Za-z])")
 _VAR_PREFIX = re.compile(r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[A-Za-z0-9]+\}?)?=(?!=)")
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_INT = re.compile(r"^([-+]?)(\d+)$")
-_DEC = re.compile(r"^([-+]?)(\d*)\.(\d+)$|^([-+]?)(\d+)\.$")
-_FRAC = re.compile(r"^([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}$|^([-+]?)(\d+)/(\d+)$")
-_MAX_NUMBER_DIGITS = 400  # beyond this a "number" is treated as text (int() cost, 4300-digit cap)
 
 
 def _brace_wrapped(s: str) -> bool:
@@ -99,13 +96,13 @@ def _canonical_number(s: str) -> str | None:
     point (math-verify rounds floats, so 0.333333 and 1/3 must stay distinguishable here)
     but lose trailing zeros: "142.0" -> "142", ".50" -> "0.5".
     """
-    if len(s) > _MAX_NUMBER_DIGITS:
+    if len(s) > MAX_NUMBER_DIGITS:
         return None
-    m = _INT.match(s)
+    m = INT_FORM.match(s)
     if m:
         v = int(m.group(2))
         return str(-v if m.group(1) == "-" else v)
-    m = _DEC.match(s)
+    m = DEC_FORM.match(s)
     if m:
         sign, whole, frac = (m.group(1), m.group(2), m.group(3)) if m.group(3) else (m.group(4), m.group(5), "")
         frac = frac.rstrip("0")
@@ -113,7 +110,7 @@ def _canonical_number(s: str) -> str | None:
         if not frac:
             return "0" if whole == "0" else ("-" if sign == "-" else "") + whole
         return ("-" if sign == "-" else "") + whole + "." + frac
-    m = _FRAC.match(s)
+    m = FRAC_FORM.match(s)
     if m:
         if m.group(2) is not None:
             sign, num, den = m.group(1), int(m.group(2)), int(m.group(3))
@@ -123,21 +120,6 @@ def _canonical_number(s: str) -> str | None:
             return None
         v = Fraction(num, den)
         return _fmt_fraction(-v if sign == "-" else v)
-    return None
-
-
-def number_value(form: str) -> tuple[Fraction, bool] | None:
-    """(value, is_decimal) of a canonical number form from `normalize`, else None."""
-    if len(form) > _MAX_NUMBER_DIGITS:
-        return None
-    if _INT.match(form):
-        return Fraction(int(form)), False
-    if _DEC.match(form):
-        return Fraction(form), True
-    m = _FRAC.match(form)
-    if m and m.group(2) is not None and int(m.group(3)) != 0:
-        v = Fraction(int(m.group(2)), int(m.group(3)))
-        return (-v if m.group(1) == "-" else v), False
     return None
 
 

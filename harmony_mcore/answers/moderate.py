@@ -23,7 +23,7 @@ import math
 import re
 from fractions import Fraction
 
-from harmony_mcore.answers.numeric import CONSTANT, NAMED, fingerprint
+from harmony_mcore.answers.numeric import CONSTANT, NAMED, fingerprint, number_value
 
 _MAX_DENOMINATOR = 10**4
 _COMMAND = re.compile(r"\\[A-Za-z]+")
@@ -40,8 +40,6 @@ def _value_text(z: complex) -> str:
 
 def moderate_key(form: str) -> str:
     """The key of an answer already in `normalize` form (see the module docstring)."""
-    from harmony_mcore.answers.equivalence import number_value
-
     number = number_value(form)
     if number is not None:
         return _fraction_text(number[0])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import cmath
 import math
 import re
+from fractions import Fraction
 
 _TOKEN = re.compile(r"\s+|\d+\.\d*|\.\d+|\d+|\\[A-Za-z]+|\\[{}]|.", re.S)
 _WORD = re.compile(r"(?<!\\)(?<![A-Za-z])[A-Za-z]{2}")  # two letters in a row, not a command
@@ -25,6 +26,10 @@ VARIABLES = {c: 0.5 + ((ord(c.lower()) * 0.6180339887498949) % 1.0) for c in
 # math-verify strips a trailing unit letter after a number ("4t" -> 4, "3 m" -> 3).
 _TRAILING_UNIT = re.compile(r"[\d}\s][tshoclgmdTSHOCLGMD](?:e?s)?\s*$")
 _OPEN = {"(": ")", "[": "]", "\\{": "\\}"}
+INT_FORM = re.compile(r"^([-+]?)(\d+)$")
+DEC_FORM = re.compile(r"^([-+]?)(\d*)\.(\d+)$|^([-+]?)(\d+)\.$")
+FRAC_FORM = re.compile(r"^([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}$|^([-+]?)(\d+)/(\d+)$")
+MAX_NUMBER_DIGITS = 400  # beyond this a "number" is treated as text (int() cost, 4300-digit cap)
 _MAX_ABS = 1e100
 _MAX_EXPONENT = 200
 
@@ -246,3 +251,18 @@ def far_apart(a: tuple[complex, ...], b: tuple[complex, ...]) -> bool:
         if abs(x - y) > 1e-4 * max(1.0, abs(x), abs(y)):
             return True
     return False
+
+
+def number_value(form: str) -> tuple[Fraction, bool] | None:
+    """(value, is_decimal) of a canonical number form from `normalize`, else None."""
+    if len(form) > MAX_NUMBER_DIGITS:
+        return None
+    if INT_FORM.match(form):
+        return Fraction(int(form)), False
+    if DEC_FORM.match(form):
+        return Fraction(form), True
+    m = FRAC_FORM.match(form)
+    if m and m.group(2) is not None and int(m.group(3)) != 0:
+        v = Fraction(int(m.group(2)), int(m.group(3)))
+        return (-v if m.group(1) == "-" else v), False
+    return None

@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.planner import (LoadPlan, LoadPlanner, SavePla
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from harmony_mcore import safe_pickle
+from harmony_mcore.patches.torch import restricted_checkpoint_reader
 
 CONFIG_NAME = "metadata.json"  # megatron's marker of a dist checkpoint
 COMMON_NAME = "common.pt"
@@ -44,8 +45,9 @@ TORCH_DIST = {"sharded_backend": "torch_dist", "sharded_backend_version": 1,
               "common_backend": "torch", "common_backend_version": 1}
 
 
-class CheckpointError(ValueError):
-    """An unreadable, incomplete or foreign checkpoint, with the path in the message."""
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read (unreadable, incomplete, foreign) or written (the previous ones
+    are then intact), with the path in the message."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ class CheckpointReader:
         if backend != "torch_dist":
             raise CheckpointError(f"{self.path}: sharded_backend {backend!r}; only torch_dist checkpoints "
                                   "are supported (save with megatron's default torch_dist format)")
-        safe_pickle.guard()
+        restricted_checkpoint_reader()
         self._reader = FileSystemReader(str(self.path))
         try:
             metadata = self._reader.read_metadata()

@@ -197,10 +197,6 @@ class WeightExporter:
         if bucket:
             yield bucket
 
-    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for bucket in self.buckets():
-            yield from bucket
-
     @torch.no_grad()
     def _gather(self, entry: PlanEntry, stage: int, tp_group, pp_group) -> torch.Tensor:
         if stage == entry.owner_stage:

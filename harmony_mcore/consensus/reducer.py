@@ -35,7 +35,7 @@ class Record:
     answer: str | None  # extracted answer (None = no answer)
     ground_truth: str | None = None  # monitoring only (and the gt baseline)
     format_score: float | None = None  # reframe views: rewards.format_score(response), computed locally
-    value: float | None = None  # intuitor/rent: response_mean(token_fn(logits)), computed locally
+    value: float | None = None  # intuitor/rent: the signed mean of the reward's token_stat, computed locally
 
     @classmethod
     def from_response(cls, problem_id: str | int, view: int, response: str, ground_truth: str | None = None,

@@ -19,6 +19,7 @@ from pathlib import Path
 from harmony_mcore.answers.equivalence import MODES
 from harmony_mcore.consensus.reducer import BatchResult, Record, compute_batch
 from harmony_mcore.consensus.strategies import PER_VIEW, STRATEGIES, get_strategy
+from harmony_mcore.loading import parse_json
 from harmony_mcore.rewards import RewardOptions
 
 
@@ -138,20 +139,9 @@ def read_rollouts(path: str) -> list[Record]:
         raise InputError(f"cannot read --input {path}: {e.strerror}") from None
     with f:
         for n, raw in enumerate(f, 1):
-            where = f"{path} line {n}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{where}: not UTF-8 text (byte {e.start + 1}): save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            except RecursionError:
-                raise InputError(f"{where}: JSON nested too deeply (expected one flat object per line)") from None
-            records.append(_record(row, where))
+            if raw.strip():
+                where = f"{path} line {n}"
+                records.append(_record(parse_json(raw, where, InputError), where))
     if not records:
         raise InputError(f"{path}: no rollouts (expected one JSON object per line)")
     views = sorted({r.view for r in records})

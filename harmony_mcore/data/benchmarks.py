@@ -6,6 +6,7 @@ to get them). `load_benchmark(name, path)` is the one entry point."""
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -63,7 +64,17 @@ def gsm8k_answer(solution: str) -> str:
 
 def math_answer(raw: Any) -> str:
     """MATH answers are LaTeX, kept as written: the equivalence decides what matches."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)) or (isinstance(raw, float)
+                                                                           and not math.isfinite(raw)):
+        raise DataError(f"answer {raw!r:.80} is not text or a finite number")
     return str(raw).strip()
+
+
+def _text(raw: Any, what: str) -> str:
+    """A question (or a reframing) must be text: a list or a number would be voted on as its repr."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise DataError(f"{what} must be non-empty text, got {raw!r:.80}")
+    return raw.strip()
 
 
 def choice_letter(raw: Any, num_options: int) -> str:
@@ -167,7 +178,7 @@ def _choice_rows(rows: list[dict], source: str, max_options: int) -> list[Proble
             raise DataError(f"{source} row {i}: no `answer` letter or `answer_index`")
         pid = r.get("question_id", r.get("id", i))
         meta = {k: r[k] for k in ("category", "src") if k in r}
-        problems.append(Problem(id=str(pid), question=str(r["question"]).strip(),
+        problems.append(Problem(id=str(pid), question=_text(r["question"], f"{source} row {i}: question"),
                                 answer=choice_letter(raw, len(options)), source=source,
                                 choices=tuple(str(o).strip() for o in options), reframed=r.get("reframed"),
                                 metadata=meta))
@@ -192,8 +203,8 @@ def _load_file(path: Path | None) -> list[Problem]:
     if qkey is None or akey is None:
         raise DataError(f"{path}: need a question column ({'/'.join(_QUESTION_KEYS)}) and an answer column "
                         f"({'/'.join(_ANSWER_KEYS)}); found {sorted(rows[0])}")
-    return [Problem(id=str(r.get("id", i)), question=str(r[qkey]), answer=math_answer(r[akey]), source="file",
-                    reframed=r.get("reframed")) for i, r in enumerate(rows)]
+    return [Problem(id=str(r.get("id", i)), question=_text(r[qkey], f"{path} row {i}: {qkey}"),
+                    answer=math_answer(r[akey]), source="file", reframed=r.get("reframed")) for i, r in enumerate(rows)]
 
 
 @dataclass(frozen=True)
@@ -227,7 +238,15 @@ def load_benchmark(name: str, path: str | Path | None = None, limit: int | None 
     """Problems of benchmark `name`, from the shipped file or from `path` when given."""
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)} (see `harmony data list`)")
-    problems = BENCHMARKS[name].load(Path(path).expanduser() if path else None)
+    try:
+        problems = BENCHMARKS[name].load(Path(path).expanduser() if path else None)
+    except KeyError as e:
+        raise DataError(f"benchmark {name!r}{f' ({path})' if path else ''}: a row has no {e} column; is this "
+                        "the benchmark's file?") from None
+    for p in problems:
+        _text(p.question, f"benchmark {name!r} problem {p.id}: the question")
+        if p.reframed is not None:
+            _text(p.reframed, f"benchmark {name!r} problem {p.id}: the reframed question")
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise DataError(f"benchmark {name!r}: problem ids are not unique; give each row a distinct `id`")

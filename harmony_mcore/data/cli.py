@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harmony_mcore.cli import int_at_least, number_in
+from harmony_mcore.config import ConfigError
 from harmony_mcore.data.benchmarks import BENCHMARKS, DataError, Problem, load_benchmark
 from harmony_mcore.data.prompts import STRATEGIES, parse_reframing, reframe_messages, view_messages
+from harmony_mcore.dtypes import DTYPES
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -148,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resample rows whose response has no rewritten problem")
     ref.add_argument("--seed", type=int, default=0)
     ref.add_argument("--engine", default="auto", choices=["auto", "torch", "vllm"])
-    ref.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ref.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     ref.set_defaults(func=cmd_reframe)
     return p
 
@@ -157,6 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         print(f"harmony data: {e}", file=sys.stderr)
         return 2

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 from pathlib import Path
 from typing import Any
+
+from harmony_mcore.loading import parse_json
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
 
@@ -41,30 +42,39 @@ def _data_files(folder: Path, split: str) -> list[Path]:
 
 
 def _read_file(path: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    import pyarrow as pa
+
     suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
     try:
         if suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and isinstance(data.get("data"), list):
-                data = data["data"]
-            if not isinstance(data, list):
+            with path.open("rb") as f:
+                rows = [parse_json(line, f"{path} line {n}", DataError) for n, line in enumerate(f, 1) if line.strip()]
+        elif suffix == ".json":
+            rows = parse_json(path.read_bytes(), str(path), DataError)
+            if isinstance(rows, dict) and isinstance(rows.get("data"), list):
+                rows = rows["data"]
+            if not isinstance(rows, list):
                 raise DataError(f"{path}: expected a JSON list of rows (or JSONL)")
-            return data
-        if suffix == ".parquet":
+        elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path, columns=columns).to_pylist()
-        if suffix == ".arrow":
-            return _read_arrow(path)
-        if suffix == ".csv":
+            rows = pq.read_table(path, columns=columns).to_pylist()
+        elif suffix == ".arrow":
+            rows = _read_arrow(path)
+        else:
             with path.open(encoding="utf-8", newline="") as f:
-                return [_decode_csv_row(row) for row in csv.DictReader(f)]
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{path}: cannot read ({e}); check the file is complete") from e
-    raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+                rows = [_decode_csv_row(row) for row in csv.DictReader(f)]
+    except (UnicodeDecodeError, OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); check the "
+                        "file is complete and of its suffix's format") from None
+    except csv.Error as e:  # e.g. a cell over the csv module's field size limit
+        raise DataError(f"{path}: not a readable CSV file ({e})") from None
+    bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise DataError(f"{path}: row {bad} is a {type(rows[bad]).__name__}, not an object of named columns")
+    return rows
 
 
 def _read_arrow(path: Path) -> list[dict[str, Any]]:

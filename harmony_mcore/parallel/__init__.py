@@ -1,4 +1,4 @@
-"""Distributed start-up (torchrun/Slurm), Megatron parallel state, and CPU/gloo compatibility."""
+"""Distributed start-up (torchrun), Megatron parallel state, and vocab-parallel log-probs."""
 
 from harmony_mcore.parallel.distributed import destroy_distributed, init_distributed, init_model_parallel, launch_env
 

@@ -1,9 +1,10 @@
-"""Process-group start-up and teardown for torchrun and Slurm launches.
+"""Process-group start-up and teardown.
 
-One process per GPU (or per CPU worker). Rank/world come from torchrun (RANK, WORLD_SIZE,
-LOCAL_RANK) or Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID); MASTER_ADDR/MASTER_PORT locate
-the rendezvous. NCCL on GPU, gloo on CPU (with `cpu_compat` applied). Megatron's parallel state
-is then initialised for TP x PP (x virtual PP) x DP.
+One process per GPU (or per CPU worker), started by torchrun (on Slurm: `srun torchrun`, as
+slurm/train.sbatch does). `launch_env` is the one reader of the launch variables (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT). NCCL on GPU, gloo on CPU (with
+`harmony_mcore.patches.torch.cuda_calls_on_cpu` applied).
+Megatron's parallel state is then initialised for TP x PP (x virtual PP) x DP.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import torch.distributed as dist
 
 from harmony_mcore import device
 from harmony_mcore.config import ConfigError, ParallelConfig
-from harmony_mcore.parallel import cpu_compat
 
 
 @dataclass(frozen=True)
 class LaunchEnv:
+    launched: bool  # started by torchrun (a bare process is rank 0 of 1)
     rank: int
     world_size: int
     local_rank: int
@@ -38,21 +39,17 @@ def _free_port() -> int:
 
 
 def launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
-    """Read rank/world/rendezvous from torchrun or Slurm variables; a bare process is rank 0 of 1."""
+    """Read rank/world/rendezvous from torchrun's variables; a bare process is rank 0 of 1."""
     env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    else:
-        rank, world, local = 0, 1, 0
+    launched = "RANK" in env and "WORLD_SIZE" in env
+    rank, world, local = (int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))) if launched \
+        else (0, 1, 0)
     if world > 1 and "MASTER_ADDR" not in env:
-        raise ConfigError("MASTER_ADDR is not set for a multi-process launch: export "
-                          "MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1) and MASTER_PORT "
-                          "in the sbatch script, or launch with torchrun")
+        raise ConfigError("MASTER_ADDR is not set for a multi-process launch: launch with torchrun "
+                          "(on Slurm: srun torchrun, as slurm/train.sbatch does)")
     addr = env.get("MASTER_ADDR", "127.0.0.1")
     port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else (29500 if world > 1 else _free_port())
-    return LaunchEnv(rank, world, local, addr, port)
+    return LaunchEnv(launched, rank, world, local, addr, port)
 
 
 def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_min: int = 30) -> LaunchEnv:
@@ -64,9 +61,11 @@ def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_min:
     if device.on_gpu:
         torch.cuda.set_device(le.local_rank)
     else:
-        cpu_compat.enable()
+        from harmony_mcore.patches.torch import cuda_calls_on_cpu
+
+        cuda_calls_on_cpu()
     if not dist.is_initialized():
-        # env:// reuses torchrun's store; under Slurm we fill the variables it reads.
+        # env:// reuses torchrun's store; a bare process gets the variables it reads.
         for key, val in (("MASTER_ADDR", le.master_addr), ("MASTER_PORT", le.master_port),
                          ("RANK", le.rank), ("WORLD_SIZE", le.world_size), ("LOCAL_RANK", le.local_rank)):
             os.environ.setdefault(key, str(val))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+STATS = ("entropy", "self_certainty")  # the per-token statistics `stat` may name
+
 
 def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
                             temperature: float = 1.0, stat: str | None = None):
@@ -51,7 +53,7 @@ def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, voca
         elif stat == "self_certainty":
             local_sum = torch.where(padding, torch.zeros_like(shifted), shifted).sum(dim=-1) / vocab_size
         else:
-            raise ValueError(f"stat={stat!r}: use 'entropy', 'self_certainty' or None")
+            raise ValueError(f"stat={stat!r}: use one of {STATS} or None")
         if dist.get_world_size(group) > 1:
             dist.all_reduce(local_sum, group=group)
         # Both are lse - E[z] (over p for the entropy, uniform over the vocabulary for self-certainty),

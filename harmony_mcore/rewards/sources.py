@@ -2,8 +2,9 @@
 
 A source maps one problem's rollouts (class ids per view, and whatever else it needs) and its
 consensus `Vote` to a reward per response. The trainer picks a source by name
-(`algorithm.reward`); sources that need per-token values from the policy say so with `token_fn`,
-which the policy evaluates on its logits before the reducer runs.
+(`algorithm.reward`); a source that scores a response by a statistic of the policy's own
+next-token distribution names it in `token_stat`: the policy computes it on its (vocab-parallel)
+logits before the reducer runs, and the response's value is the signed mean over its tokens.
 """
 
 from __future__ import annotations
@@ -11,14 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from harmony_mcore.consensus.strategies import Vote, harmonic_score
 from harmony_mcore.rewards.shaping import format_penalty, sharpness_penalty
-from harmony_mcore.rewards.token import token_neg_entropy, token_self_certainty
-
-if TYPE_CHECKING:
-    import torch
 
 PerView = list[list]  # [view][response]
 
@@ -30,7 +26,7 @@ class ProblemRollouts:
     classes: list[list[int | None]]  # equivalence class of each response's answer (None = no answer)
     gt_correct: list[list[bool]] | None = None  # answer equals the ground truth
     format_scores: list[list[float | None]] | None = None  # reframe markers with content, f in [0, 1]
-    values: list[list[float | None]] | None = None  # per-response value from the policy (token_fn mean)
+    values: list[list[float | None]] | None = None  # per-response value from the policy (token_stat)
 
 
 @dataclass(frozen=True)
@@ -97,18 +93,27 @@ def gt_rewards(p: ProblemRollouts, vote: Vote, opts: RewardOptions) -> PerView:
 
 
 def value_rewards(p: ProblemRollouts, vote: Vote, opts: RewardOptions) -> PerView:
-    """The per-response value the policy computed with the source's token_fn."""
+    """The per-response value the policy computed for the source's token_stat."""
     if p.values is None or any(x is None for view in p.values for x in view):
-        raise ValueError("this reward needs a per-response value from the policy (Record.value): compute "
-                         "response_mean(source.token_fn(logits), mask) for every response")
+        raise ValueError("this reward needs a per-response value from the policy (Record.value): the signed "
+                         "mean of the source's token_stat over every response's tokens")
     return [[float(x) for x in view] for view in p.values]
+
+
+@dataclass(frozen=True)
+class TokenStat:
+    """A per-token statistic of the policy's next-token distribution, by its name in
+    `harmony_mcore.parallel.vocab_parallel` ('entropy' H(p), 'self_certainty' logsumexp(z) - mean(z)).
+    A response's value is `sign` times the statistic's mean over the response's tokens."""
+
+    name: str
+    sign: float = 1.0
 
 
 @dataclass(frozen=True)
 class RewardSource:
     fn: Callable[[ProblemRollouts, Vote, RewardOptions], PerView]
-    # Per-token value the policy must compute from its logits [..., V] -> [...] (None: not needed).
-    token_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    token_stat: TokenStat | None = None  # what the policy computes for `fn` (None: nothing)
     # Format penalty and sharpness shape pseudo-label rewards only; baselines stay unshaped.
     shaped: bool = False
 
@@ -116,8 +121,8 @@ class RewardSource:
 REWARDS: dict[str, RewardSource] = {
     "pseudo-label": RewardSource(pseudo_label_rewards, shaped=True),
     "gt": RewardSource(gt_rewards),
-    "intuitor": RewardSource(value_rewards, token_fn=token_self_certainty),
-    "rent": RewardSource(value_rewards, token_fn=token_neg_entropy),
+    "intuitor": RewardSource(value_rewards, token_stat=TokenStat("self_certainty")),  # KL(uniform || p) + log V
+    "rent": RewardSource(value_rewards, token_stat=TokenStat("entropy", sign=-1.0)),  # confident tokens score higher
 }
 
 

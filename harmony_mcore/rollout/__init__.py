@@ -25,17 +25,22 @@ def engine_kind(cfg: RolloutConfig, *, cuda: bool | None = None, vllm_installed:
     return kind
 
 
-def create_engine(cfg: RolloutConfig, *, hf_config: dict[str, Any], tokenizer, model_path: str | None = None,
-                  dtype: str = "bf16", seed: int = 0, max_model_len: int | None = None,
-                  log=print) -> RolloutEngine:
-    """The engine for this run; its weights are placeholders until the first bridge sync.
+def create_engine(cfg: RolloutConfig, *, hf_config: dict[str, Any] | None = None, tokenizer=None,
+                  model_path: str | None = None, dtype: str = "bf16", seed: int = 0, max_model_len: int | None = None,
+                  load_weights: bool = False, log=print) -> RolloutEngine:
+    """The engine of `cfg.engine`: the one place an engine is built (training and evaluation).
 
-    vLLM needs `model_path`: an HF directory with config.json and tokenizer files (weights not read).
+    Training (`load_weights=False`): the weights are placeholders until the first bridge sync; the torch
+    engine is built from `hf_config` with `tokenizer`, vLLM reads config and tokenizer from `model_path`.
+    Evaluation (`load_weights=True`): the weights and tokenizer of the HF directory `model_path` (for vLLM,
+    `cfg.vllm_extra` says how: see harmony_mcore.evaluation.load_engine).
     """
     kind = engine_kind(cfg)
     if kind == "torch":
         from harmony_mcore.rollout.torch_engine import TorchEngine
 
+        if load_weights:
+            return TorchEngine.from_pretrained(str(model_path), dtype=torch_dtype(dtype))
         return TorchEngine.from_hf_config(hf_config, tokenizer, dtype=torch_dtype(dtype))
     if model_path is None:
         raise ConfigError("rollout.engine=vllm needs an HF model directory (config.json + tokenizer): set model.path")

@@ -144,17 +144,12 @@ class VllmEngine:
         import torch.distributed as dist
 
         colocated = dist.is_initialized()
-        # The engine core runs in this process: the external launcher needs it, in-process weight
-        # loading needs it, and vLLM's own processes would not see harmony_mcore.compat's fix.
+        # The engine core runs in this process: the external launcher needs it, and so does in-process
+        # weight loading.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
-        from vllm.model_executor.models import registry
         from vllm.platforms import current_platform
 
-        from harmony_mcore.compat import subprocess_command
-
-        # vLLM inspects the model class in a `python -m` subprocess (see harmony_mcore.compat).
-        registry._SUBPROCESS_COMMAND = subprocess_command("vllm.model_executor.models.registry")
         self.sleep_mode = current_platform.is_sleep_mode_available()
         rank = dist.get_rank() if colocated else 0
         if not self.sleep_mode and rank == 0:

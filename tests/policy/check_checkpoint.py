@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
-from support import TINY, hf_model, make_batch
+from support import TINY, hf_model, load_hf_weights, make_batch
 
 from harmony_mcore import checkpoint, checkpoint_check
 from harmony_mcore.bridge.dist_ckpt import load_model_weights
@@ -73,7 +73,7 @@ def optimizer_tensors(pol: Policy):
 
 def make_policy(par: ParallelConfig, dtype: str) -> Policy:
     pol = Policy(TINY[NAME], par, ALGO, dtype=dtype, total_steps=STEPS, reference=False)
-    pol.load_hf_weights(hf_model(NAME, 0).state_dict())
+    load_hf_weights(pol, hf_model(NAME, 0).state_dict())
     return pol
 
 

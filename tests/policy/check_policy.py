@@ -15,14 +15,14 @@ import sys
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
-from support import TINY, hf_model, hf_row_logprobs, make_batch
+from support import TINY, hf_model, hf_row_logprobs, hf_weight_shard, load_hf_weights, make_batch
 
 from harmony_mcore.algo.schedules import lr_at
 from harmony_mcore.bridge.mapping import get_mapping
 from harmony_mcore.config import AlgorithmConfig, ParallelConfig
 from harmony_mcore.models.builder import global_name
 from harmony_mcore.parallel import destroy_distributed, init_distributed, init_model_parallel
-from harmony_mcore.policy import Policy, ViewBatch, hf_weight_shard
+from harmony_mcore.policy import Policy, ViewBatch
 
 TEMP = 0.7
 TOTAL_STEPS = 3  # the cosine schedule changes the lr between the two checked steps
@@ -39,8 +39,8 @@ LOWP_REF: dict[str, list[dict]] = {}  # dtype -> metrics of the DP-only layout
 
 
 def check_logprobs(pol, hf, ids, attn):
-    logp, ent = pol.logprobs(ids, attn, temperature=TEMP, with_entropy=True)
-    _, certainty = pol.logprobs(ids, attn, temperature=TEMP, with_self_certainty=True)
+    logp, ent = pol.logprobs(ids, attn, temperature=TEMP, stat="entropy")
+    _, certainty = pol.logprobs(ids, attn, temperature=TEMP, stat="self_certainty")
     ref_logp, _ = pol.logprobs(ids, attn, temperature=TEMP, reference=True)
     err = stat_err = 0.0
     for r in range(ids.shape[0]):
@@ -156,7 +156,7 @@ def check_low_precision(par: ParallelConfig, dtype: str) -> list[str]:
     name = "qwen3"
     hf = hf_model(name, 0)
     pol = Policy(TINY[name], par, ALGO, dtype=dtype, total_steps=TOTAL_STEPS)
-    pol.load_hf_weights(hf.state_dict())
+    load_hf_weights(pol, hf.state_dict())
     with torch.no_grad():  # the reference starts from the weights the policy holds
         for p in hf.parameters():
             p.copy_(p.to(pol.modules[0].config.params_dtype).float())
@@ -197,7 +197,7 @@ def check_layout(par: ParallelConfig, dtype: str) -> list[str]:
     for seed, name in enumerate(TINY):
         hf = hf_model(name, seed)
         pol = Policy(TINY[name], par, ALGO, dtype="fp32", total_steps=TOTAL_STEPS)
-        pol.load_hf_weights(hf.state_dict())
+        load_hf_weights(pol, hf.state_dict())
         ids, attn, resp = make_batch(seed)
         logp, err, stat_err = check_logprobs(pol, hf, ids, attn)
         loss, werr, moved = check_train(pol, hf, name, ids, attn, resp, logp)

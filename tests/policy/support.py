@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import torch
-
-import harmony_mcore  # noqa: F401  (first: hides torchvision builds that cannot load beside a CPU torch)
 import transformers
 
 COMMON = dict(vocab_size=150, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
@@ -62,3 +60,29 @@ def make_batch(seed: int, rows: int = 6, width: int = 14, vocab: int = 150):
         ids[r, :prompt_pad] = 0
         ids[r, end:] = 0
     return ids, attn, resp
+
+
+@torch.no_grad()
+def load_hf_weights(policy, state_dict: dict[str, torch.Tensor]) -> None:
+    """An HF state dict into this rank's shards of `policy` through the bridge's mapping table, then into
+    its reference (the trainer loads converted checkpoints instead: bridge.dist_ckpt.load_model_weights)."""
+    from megatron.core import parallel_state as ps
+
+    from harmony_mcore.bridge.mapping import get_mapping
+    from harmony_mcore.models.builder import global_name
+
+    mapping = get_mapping(policy.hf_config)
+    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    for module in policy.modules:
+        for name, param in module.named_parameters():
+            param.copy_(hf_weight_shard(mapping, global_name(module, name), state_dict.__getitem__, module.vocab_size,
+                                        tp, rank))
+    policy.sync_reference()
+
+
+def hf_weight_shard(mapping, mcore_name: str, get, padded_vocab: int, tp: int, tp_rank: int) -> torch.Tensor:
+    """TP shard `tp_rank` of the Megatron tensor `mcore_name` (global layer numbers) built from HF tensors."""
+    if mapping.tied and mcore_name == "output_layer.weight":
+        mcore_name = "embedding.word_embeddings.weight"  # the last PP stage's copy of the tied embedding
+    full = mapping.hf_to_mcore(mcore_name, [get(n) for n in mapping.hf_sources(mcore_name)], padded_vocab)
+    return mapping.tp_split(mcore_name, full, tp)[tp_rank]

@@ -110,7 +110,7 @@ def main(out_dir: str, rollout_tp: int) -> None:
         print(f"after a step + sync: sampled log-prob max diff {diff2:.2e}, {changed}/{len(rows)} samples changed",
               flush=True)
 
-    garbled = ((n, t * 1.5 if n == "model.norm.weight" else t) for n, t in exporter.weights())
+    garbled = ((n, t * 1.5 if n == "model.norm.weight" else t) for bucket in exporter.buckets() for n, t in bucket)
     engine.load_weights(garbled)
     engine.reset_prefix_cache()
     expect_sync_error(engine, policy, seqs, "a garbled sync")

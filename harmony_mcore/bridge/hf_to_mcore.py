@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from conversion.common import (HF_SUBDIR, INFO_NAME, ConversionError, atomic_output, check_output, copy_side_files,
+from harmony_mcore.bridge.files import (HF_SUBDIR, INFO_NAME, ConversionError, atomic_output, check_output, copy_side_files,
                                read_hf_config)
 from harmony_mcore.bridge.dist_ckpt import Chunk, write_checkpoint
 from harmony_mcore.bridge.mapping import GATE_UP, REPLICATED, ROW, Mapping, get_mapping

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from conversion.common import (HF_SUBDIR, INFO_NAME, ConversionError, atomic_output, check_output, copy_side_files,
+from harmony_mcore.bridge.files import (HF_SUBDIR, INFO_NAME, ConversionError, atomic_output, check_output, copy_side_files,
                                read_hf_config)
 from harmony_mcore.bridge.dist_ckpt import CheckpointReader, is_dist_checkpoint
 from harmony_mcore.bridge.mapping import VOCAB, Mapping, get_mapping
