@@ -34,7 +34,7 @@ class Component:
     purpose: str
 
 
-# The supported matrix. pyproject.toml states no bound outside it (a test checks each bound pyproject states).
+# The supported matrix. pyproject.toml's dependencies carry its bounds; extras may narrow them (a test checks both).
 SUPPORTED: tuple[Component, ...] = (
     Component("python", (), "3.11", None, "core", "use Python 3.11 or newer (megatron-core >= 0.17 needs 3.12)",
               ""),
